@@ -1,0 +1,636 @@
+"""Training: `TrainConfig` (every knob, with defaults that train digits in about a minute on a laptop CPU) and
+`Trainer` (the loop).
+
+    from ddpm_lite.train import TrainConfig, Trainer
+    trainer = Trainer(TrainConfig(dataset="digits", max_seconds=60))
+    history = trainer.train()                 # list of {step, loss, lr, images_per_sec, time}
+    trainer.samples[-1]["images"]             # the last sample grid, in [-1, 1]
+
+One training step (Ho et al. 2020, Algorithm 1, plus the usual modern extras):
+
+    x0, y  ← next batch; with probability label_dropout replace y by the null class (for guidance)
+    loss   ← diffusion.training_losses(model, x0, y=y).mean()      (t ~ U{0..T-1}, ε ~ N(0, I))
+    backward (accumulated over grad_accum micro-batches), clip the gradient norm, AdamW step
+    EMA update of the weights (sampling uses the EMA weights)
+
+Learning rate: linear warm-up over `warmup_steps`, then cosine decay to `min_lr_ratio * lr` at `max_steps`
+(a pure function of the step, as in nanoGPT, so it needs no state to resume). With no `max_steps` (a run
+bounded only by `max_seconds`) the horizon is unknown and the LR stays at `lr` after warm-up.
+
+Outputs, in `out_dir` (rank 0 only):
+
+    checkpoint/            save_pretrained format (config.json, model/ema safetensors, trainer state)
+    samples/step_XXXXXX.png   sample grids from the EMA model
+    history.json           the logged history
+
+Resuming is exact: the data order and the (t, ε, label-dropout) draws come from two torch.Generators whose
+states are saved with the optimizer, EMA and the global RNG states (for dropout), so N steps straight and
+N/2 + save + resume + N/2 give bit-identical weights on the CPU.
+
+Ctrl-C (KeyboardInterrupt) during `train()` saves a checkpoint (atomically) and `train()` returns normally
+with `trainer.interrupted = True`, so a notebook keeps its trainer and a later `train()` call continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import checkpoint as ckpt
+from . import distributed
+from .device import pick_device
+from .ema import EMA, unwrap_model
+
+LR_SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. The defaults train class-conditional digits for 60 s on the CPU."""
+
+    # data and model
+    dataset: str = "digits"               # a `ddpm_lite.data.load_dataset` name
+    preset: str = "auto"                  # a UNet preset ("digits", "mnist", "cifar10"), "toy_mlp", or "auto"
+    model_kwargs: dict = field(default_factory=dict)  # overrides of the preset, e.g. {"base_channels": 32}
+    conditional: bool = True              # class-conditional model (needs labels)
+    label_dropout: float = 0.1            # P(label -> null class): trains the unconditional model for guidance
+    # diffusion
+    timesteps: int = 1000
+    schedule: str = "linear"
+    parameterization: str = "eps"
+    loss_type: str = "l2"
+    min_snr_gamma: float | None = None
+    # optimisation
+    batch_size: int = 128                 # per process and micro-step; the effective batch is
+                                          # batch_size * grad_accum * world_size
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"           # "cosine" (to min_lr_ratio * lr at max_steps) or "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.9999
+    ema_warmup: int | None = 10           # decay_t = min(ema_decay, (1 + t) / (ema_warmup + t)); see ema.py
+    # when to stop (whichever comes first)
+    max_steps: int | None = None
+    max_seconds: float | None = 60.0      # wall-clock limit of one train() call
+    # speed
+    device: str = "auto"                  # "auto" = cuda > mps > cpu
+    amp: str = "auto"                     # "auto" = bf16 autocast on CUDA (if supported), "bf16", "off"
+    compile: bool = False                 # torch.compile the model
+    channels_last: bool = False
+    num_threads: int | None = None        # torch.set_num_threads (CPU); None = PyTorch's default
+    # bookkeeping
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 0                 # steps between sample grids; 0 = only at the end
+    sample_n: int = 64
+    sampler: str = "ddim"
+    sample_steps: int = 50
+    sample_guidance: float = 0.0
+    save_every: int = 1000                # steps between checkpoints; 0 = only at the end
+    out_dir: str | None = "auto"          # "auto" = runs/<dataset>; None = keep everything in memory
+    progress: bool = True                 # tqdm progress bar
+    resume: str | None = None             # a checkpoint or run directory to continue from
+
+    def validate(self) -> "TrainConfig":
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(msg)
+
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        need(0.0 <= self.label_dropout < 1.0, f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        need(self.lr_schedule in LR_SCHEDULES,
+             f"unknown lr_schedule {self.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
+        need(self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}: expected one of {', '.join(AMP_MODES)}")
+        need(self.max_steps is None or self.max_steps >= 0, f"max_steps must be >= 0 or None, got {self.max_steps}")
+        need(self.max_seconds is None or self.max_seconds > 0,
+             f"max_seconds must be > 0 or None, got {self.max_seconds}")
+        need(self.max_steps is not None or self.max_seconds is not None,
+             "set max_steps or max_seconds (or both): otherwise training never stops")
+        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        need(self.sample_every >= 0 and self.save_every >= 0, "sample_every and save_every must be >= 0 (0 = at the end)")
+        need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
+        need(isinstance(self.model_kwargs, dict), f"model_kwargs must be a dict, got {type(self.model_kwargs).__name__}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+
+# -- building the default model and data --------------------------------------------------------------------
+
+def _dataset_tensors(dataset):
+    """(images [N, ...] float, labels [N] long or None, extra info) from a dataset object or tensors."""
+    if torch.is_tensor(dataset):
+        return dataset.float(), None, {}
+    if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
+        images, labels = dataset
+    else:
+        images = getattr(dataset, "images", None)
+        labels = getattr(dataset, "labels", None)
+        if images is None:
+            raise ValueError("dataset must be a tensor of images, an (images, labels) pair or an object with "
+                             f".images and .labels, got {type(dataset).__name__}")
+    images = torch.as_tensor(images).float()
+    labels = None if labels is None else torch.as_tensor(labels).long()
+    if labels is not None and labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must have shape [N] = [{images.shape[0]}], got {tuple(labels.shape)}")
+    info = {}
+    for key in ("name", "num_classes", "class_names"):
+        value = getattr(dataset, key, None)
+        if value is not None:
+            info[key] = list(value) if key == "class_names" else value
+    return images, labels, info
+
+
+def build_model(config: TrainConfig, sample_shape: tuple, num_classes: int | None) -> nn.Module:
+    """The default network for a dataset: a UNet preset for images, ToyMLP for 2-D points."""
+    from .unet import PRESETS, unet_preset
+
+    preset = config.preset
+    if preset == "auto":
+        if len(sample_shape) == 1:
+            preset = "toy_mlp"
+        elif config.dataset in PRESETS:
+            preset = config.dataset
+        elif config.dataset in ("mnist", "fashion_mnist"):
+            preset = "mnist"
+        else:
+            raise ValueError(f"no default model for dataset {config.dataset!r}: choose preset= one of "
+                             f"{sorted(PRESETS) + ['toy_mlp']}")
+    kwargs = dict(config.model_kwargs)
+    if preset == "toy_mlp":
+        from .toy_mlp import ToyMLP
+
+        return ToyMLP(**{"dim": sample_shape[0], "num_classes": num_classes, **kwargs})
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: expected 'auto', 'toy_mlp' or one of {sorted(PRESETS)}")
+    channels, *size = sample_shape
+    if len(size) != 2:
+        raise ValueError(f"a UNet needs images [C, H, W]; dataset {config.dataset!r} has samples of shape "
+                         f"{tuple(sample_shape)}")
+    image_size = size[0] if size[0] == size[1] else list(size)
+    return unet_preset(preset, **{"image_size": image_size, "in_channels": channels, "num_classes": num_classes,
+                                  **kwargs})
+
+
+def _generator_device(device: torch.device) -> torch.device:
+    return device if device.type == "cuda" else torch.device("cpu")  # MPS generators are not universal
+
+
+# -- the trainer --------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Trains a diffusion model; see the module docstring.
+
+    Args:
+        config: a `TrainConfig` (default: `TrainConfig()`).
+        model: a network `model(x, t, y)`; default: built from `config.preset` for the dataset.
+        diffusion: a `GaussianDiffusion`; default: built from the config's schedule settings.
+        dataset: a `load_dataset` result, an (images, labels) pair or an images tensor;
+            default: `load_dataset(config.dataset)`.
+
+    Attributes: `history` (list of dicts), `samples` (list of {"step", "images"}), `step`, `model` (what is
+    trained, maybe wrapped), `raw_model` (the plain module), `ema`, `optimizer`, `diffusion`, `out_dir`.
+    """
+
+    def __init__(self, config: TrainConfig | None = None, model: nn.Module | None = None, diffusion=None,
+                 dataset=None):
+        self.config = config = (config or TrainConfig()).validate()
+        self.dist = distributed.env_info()
+        # one device per process: with torchrun on GPUs, process LOCAL_RANK uses cuda:LOCAL_RANK
+        device = pick_device(config.device)
+        if device.type == "cuda" and self.dist.enabled:
+            device = torch.device("cuda", self.dist.local_rank)
+        self.device = device
+        self.dist = distributed.setup(device.type)
+        self.is_main = self.dist.is_main
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+
+        resume_dir = ckpt.resolve_checkpoint_dir(config.resume) if config.resume else None
+        resume_config = ckpt.load_config(resume_dir) if resume_dir else None
+
+        # data: kept in memory, on the training device (no DataLoader workers needed for these sizes)
+        if dataset is None:
+            from .data import load_dataset
+
+            dataset = load_dataset(config.dataset)
+        images, labels, self.dataset_info = _dataset_tensors(dataset)
+        if images.ndim < 2 or images.shape[0] == 0:
+            raise ValueError(f"the dataset must hold at least one sample [N, ...], got shape {tuple(images.shape)}")
+        self.images = images.to(device)
+        self.labels = labels.to(device) if labels is not None else None
+        self.sample_shape = tuple(images.shape[1:])
+        global_batch = config.batch_size * self.dist.world_size
+        if global_batch > images.shape[0]:
+            raise ValueError(f"batch_size * world_size = {global_batch} exceeds the dataset size {images.shape[0]}: "
+                             f"lower batch_size")
+
+        # model and diffusion (same seed on every rank, so every replica starts identical)
+        torch.manual_seed(config.seed)
+        if model is None:
+            if resume_config is not None:
+                model = ckpt.build_model(resume_config)
+            else:
+                num_classes = None
+                if config.conditional:
+                    if labels is None:
+                        raise ValueError(f"conditional=True needs class labels but dataset {config.dataset!r} has "
+                                         f"none: use conditional=False")
+                    num_classes = int(self.dataset_info.get("num_classes") or int(labels.max()) + 1)
+                model = build_model(config, self.sample_shape, num_classes)
+        if diffusion is None:
+            if resume_config is not None:
+                diffusion = ckpt.build_diffusion(resume_config)
+            else:
+                from .diffusion import GaussianDiffusion
+
+                diffusion = GaussianDiffusion(schedule=config.schedule, timesteps=config.timesteps,
+                                              parameterization=config.parameterization, loss_type=config.loss_type,
+                                              min_snr_gamma=config.min_snr_gamma)
+        self.diffusion = diffusion.to(device)
+        self.num_classes = getattr(model, "num_classes", None)
+        if self.num_classes is not None and self.labels is None:
+            raise ValueError("the model is class-conditional (num_classes set) but the dataset has no labels")
+
+        model = model.to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.raw_model = model
+        self.ema = EMA(model, decay=config.ema_decay, warmup=config.ema_warmup)
+        self.optimizer = self._make_optimizer(model)
+        if config.compile:
+            model = torch.compile(model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.model = model
+
+        # autocast: bf16 needs no loss scaling, so it is the only mode offered
+        amp = config.amp
+        if amp == "auto":
+            amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+        self.amp = amp
+
+        # randomness that resuming must reproduce exactly: the data order (shared by all ranks, each takes
+        # its own slice of every global batch) and the t / noise / label-dropout draws (one stream per rank)
+        self.data_gen = torch.Generator().manual_seed(config.seed)
+        self.noise_gen = torch.Generator(_generator_device(device)).manual_seed(config.seed + 1 + self.dist.rank)
+        self._perm = torch.randperm(images.shape[0], generator=self.data_gen)
+        self._pos = 0
+        self.epoch = 0
+
+        self.step = 0
+        self.elapsed = 0.0  # training seconds, summed over train() calls and resumes
+        self.history: list[dict] = []
+        self.samples: list[dict] = []
+        self.interrupted = False
+
+        if config.out_dir == "auto":
+            self.out_dir = Path("runs") / config.dataset
+        else:
+            self.out_dir = Path(config.out_dir) if config.out_dir else None
+        if resume_dir is not None:
+            self.load_state(resume_dir)
+
+    # -- setup helpers --------------------------------------------------------------------------------------
+
+    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        # weight decay on weight matrices / conv kernels only, not on biases, norms or embeddings' 1-D params
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": self.config.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.999))
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.out_dir / ckpt.RUN_SUBDIR if self.out_dir is not None else None
+
+    @classmethod
+    def resume(cls, directory, model: nn.Module | None = None, dataset=None, **overrides) -> "Trainer":
+        """A trainer that continues the run saved in `directory` (run or checkpoint directory).
+
+        The saved TrainConfig is reused; keyword arguments override fields, e.g. `max_steps=2000`.
+        The run keeps writing to the same out_dir unless you override it.
+        """
+        state = ckpt.load_trainer_state(directory)
+        if state is None or "config" not in state:
+            raise ckpt.CheckpointError(f"{directory} has no trainer state to resume from (it was saved without "
+                                       f"one, e.g. by save_pretrained without trainer_state)")
+        saved = dict(state["config"])
+        directory = Path(directory)
+        if (directory / ckpt.RUN_SUBDIR / ckpt.CONFIG_NAME).exists():
+            saved["out_dir"] = str(directory)  # keep writing into the run we continue
+        saved.update(overrides)
+        saved["resume"] = str(directory)
+        return cls(TrainConfig.from_dict(saved), model=model, dataset=dataset)
+
+    # -- the schedule, batches and one step -----------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to min_lr_ratio * lr at max_steps (constant if no max_steps)."""
+        c = self.config
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        if c.lr_schedule == "constant" or not c.max_steps or c.max_steps <= c.warmup_steps:
+            return c.lr
+        progress = min(1.0, (step - c.warmup_steps) / (c.max_steps - c.warmup_steps))
+        return c.lr * (c.min_lr_ratio + (1.0 - c.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    def _next_batch(self):
+        """This rank's slice of the next global batch, walking through a shuffled epoch (the tail is dropped)."""
+        c, world, rank = self.config, self.dist.world_size, self.dist.rank
+        global_batch = c.batch_size * world
+        if self._pos + global_batch > self._perm.numel():
+            self._perm = torch.randperm(self.images.shape[0], generator=self.data_gen)
+            self._pos = 0
+            self.epoch += 1
+        start = self._pos + rank * c.batch_size
+        idx = self._perm[start:start + c.batch_size].to(self.device)
+        self._pos += global_batch
+        x = self.images[idx]
+        if c.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = None
+        if self.num_classes is not None:
+            y = self.labels[idx]
+            if c.label_dropout > 0:
+                drop = torch.rand(y.shape[0], generator=self.noise_gen, device=self.noise_gen.device) < c.label_dropout
+                y = torch.where(drop.to(y.device), torch.full_like(y, self.num_classes), y)
+        return x, y
+
+    def _autocast(self):
+        if self.amp == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step (grad_accum micro-batches); returns the mean loss as a 0-dim tensor (no sync)."""
+        c = self.config
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for micro in range(c.grad_accum):
+            x, y = self._next_batch()
+            last = micro == c.grad_accum - 1
+            # DDP: only all-reduce gradients on the last micro-batch
+            sync = self.model.no_sync() if (self.dist.enabled and not last) else nullcontext()
+            with sync:
+                with self._autocast():
+                    loss = self.diffusion.training_losses(self.model, x, y=y, generator=self.noise_gen)["loss"]
+                    loss = loss.float().mean()
+                (loss / c.grad_accum).backward()
+            total += loss.detach()
+        if c.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.raw_model)
+        self.step += 1
+        return total / c.grad_accum
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def train(self, steps: int | None = None) -> list[dict]:
+        """Train until max_steps / max_seconds (or `steps` more steps, if given); returns `history`.
+
+        Logs every `log_every` steps, samples every `sample_every`, saves every `save_every` and at the end.
+        Ctrl-C saves a checkpoint and returns with `self.interrupted = True` (see the module docstring).
+        """
+        from tqdm.auto import tqdm
+
+        c = self.config
+        self.interrupted = False
+        start_step, start_time = self.step, time.perf_counter()
+        elapsed_before = self.elapsed
+        last_log_step, last_log_time = self.step, start_time
+        loss_sum, loss_count = torch.zeros((), device=self.device), 0
+        bar = tqdm(total=c.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (c.progress and self.is_main))
+
+        def out_of_time() -> bool:
+            late = c.max_seconds is not None and time.perf_counter() - start_time >= c.max_seconds
+            return distributed.any_true(late, self.device) if self.dist.enabled else late
+
+        self.model.train()
+        try:
+            while True:
+                if c.max_steps is not None and self.step >= c.max_steps:
+                    break
+                if steps is not None and self.step - start_step >= steps:
+                    break
+                if c.max_seconds is not None and out_of_time():
+                    break
+                loss_sum += self.train_step()
+                loss_count += 1
+                self.elapsed = elapsed_before + time.perf_counter() - start_time
+                bar.update(1)
+                if self.step % c.log_every == 0:
+                    now = time.perf_counter()
+                    loss = distributed.mean_across((loss_sum / loss_count).item(), self.device)
+                    images = (self.step - last_log_step) * c.batch_size * c.grad_accum * self.dist.world_size
+                    record = {"step": self.step, "loss": loss, "lr": self.lr_at(self.step - 1),
+                              "images_per_sec": images / max(now - last_log_time, 1e-9), "time": self.elapsed}
+                    self.history.append(record)
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{record['images_per_sec']:.0f}",
+                                    lr=f"{record['lr']:.2e}")
+                    last_log_step, last_log_time = self.step, now
+                    loss_sum.zero_()
+                    loss_count = 0
+                if c.sample_every and self.step % c.sample_every == 0:
+                    self._sample_and_save_grid()
+                if c.save_every and self.step % c.save_every == 0:
+                    self.save()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            bar.close()
+            if self.is_main and self.out_dir is not None:
+                path = self.save(sync=False)  # the other ranks may be gone: no barrier
+                print(f"\ninterrupted at step {self.step}: checkpoint saved to {path}; resume with "
+                      f"Trainer.resume({str(self.out_dir)!r}) or `python -m ddpm_lite train --resume {self.out_dir}`")
+            return self.history
+        finally:
+            bar.close()
+
+        self.elapsed = elapsed_before + time.perf_counter() - start_time
+        if not self.samples or self.samples[-1]["step"] != self.step:
+            self._sample_and_save_grid()
+        self.save()
+        return self.history
+
+    def close(self) -> None:
+        """Leave the process group (if the trainer created it)."""
+        distributed.cleanup(self.dist)
+
+    # -- sampling -------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int | None = None, labels=None, use_ema: bool = True, seed: int | None = None,
+               sampler: str | None = None, steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
+        """`n` samples in [-1, 1] from the EMA model (labels cycle over the classes of a conditional model).
+
+        Uses its own generator (seeded with `seed`, default config.seed), so it never disturbs training's RNG.
+        """
+        from . import samplers
+
+        c = self.config
+        n = n or c.sample_n
+        model = self.ema.module if use_ema else self.raw_model
+        if labels is None and self.num_classes is not None:
+            labels = torch.arange(n) % self.num_classes
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        gen = torch.Generator().manual_seed(c.seed if seed is None else seed)
+        steps = steps or (c.sample_steps if (sampler or c.sampler) != "ddpm" else None)
+        was_training = model.training
+        model.eval()
+        try:
+            with self._autocast():
+                x = samplers.sample(model, self.diffusion, (n, *self.sample_shape), sampler=sampler or c.sampler,
+                                    steps=steps, y=labels,
+                                    guidance=c.sample_guidance if guidance is None else guidance,
+                                    generator=gen, device=self.device)
+        finally:
+            model.train(was_training)
+        return x.float().cpu()
+
+    def _sample_and_save_grid(self) -> None:
+        if self.is_main:
+            images = self.sample()
+            self.samples.append({"step": self.step, "images": images})
+            if self.out_dir is not None and images.ndim == 4:
+                from torchvision.utils import save_image
+
+                nrow = self.num_classes if self.num_classes and self.num_classes <= 16 else \
+                    max(1, int(math.ceil(math.sqrt(images.shape[0]))))
+                path = self.out_dir / "samples" / f"step_{self.step:06d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_image((images + 1) / 2, str(path), nrow=nrow, padding=1)
+        distributed.barrier()
+
+    # -- state: save / load ---------------------------------------------------------------------------------
+
+    def _per_rank_rng(self, gather: bool = True) -> dict:
+        """Every rank's RNG states, as lists indexed by rank (rank r restores entry r on resume).
+
+        With gather=False (Ctrl-C under DDP: the other ranks may be gone) only this rank's states are stored,
+        and a resume with several ranks reseeds instead of restoring exactly.
+        """
+        states = {"torch": torch.get_rng_state(), "noise_generator": self.noise_gen.get_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        if not gather:
+            return {k: [v] for k, v in states.items()}
+        return {k: distributed.all_gather_bytes(v, self.device) for k, v in states.items()}
+
+    def state_dict(self, gather: bool = True) -> dict:
+        """Everything needed to resume exactly (nested; tensors anywhere): see checkpoint.flatten_state.
+
+        Under DDP every rank must call it (the RNG states are gathered), unless gather=False."""
+        c = self.config
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "elapsed_seconds": self.elapsed,
+            "world_size": self.dist.world_size,
+            "config": asdict(c),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": {"kind": c.lr_schedule, "base_lr": c.lr, "warmup_steps": c.warmup_steps,
+                            "max_steps": c.max_steps, "min_lr_ratio": c.min_lr_ratio,
+                            "last_lr": self.optimizer.param_groups[0]["lr"]},
+            "ema": {"step": self.ema.step, "decay": self.ema.decay, "warmup": self.ema.warmup},
+            "data": {"perm": self._perm, "pos": self._pos},
+            "rng": {
+                "per_rank": self._per_rank_rng(gather),
+                "data_generator": self.data_gen.get_state(),
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+            },
+            "history": self.history,
+        }
+
+    def save(self, directory=None, sync: bool = True) -> Path | None:
+        """Save a checkpoint (default: out_dir/checkpoint) plus history.json; rank 0 writes, all ranks wait."""
+        directory = Path(directory) if directory is not None else self.checkpoint_dir
+        state = None
+        if directory is not None and (sync or self.is_main):
+            state = self.state_dict(gather=sync)
+        if self.is_main and directory is not None:
+            extra = {"dataset": self.config.dataset, "sample_shape": list(self.sample_shape), "step": self.step,
+                     **{k: v for k, v in self.dataset_info.items() if k != "name"}}
+            ckpt.save_pretrained(directory, self.raw_model, self.diffusion, ema=self.ema, trainer_state=state,
+                                 extra=extra)
+            history_path = directory.parent / "history.json"
+            tmp = history_path.with_name(f".{history_path.name}.tmp")
+            tmp.write_text(json.dumps(self.history, indent=1))
+            os.replace(tmp, history_path)
+        if sync:
+            distributed.barrier()
+        return directory
+
+    def load_state(self, directory) -> None:
+        """Restore weights, EMA, optimizer, data position and every RNG from a checkpoint (for resuming)."""
+        directory = ckpt.resolve_checkpoint_dir(directory)
+        state = ckpt.load_trainer_state(directory)
+        if state is None:
+            raise ckpt.CheckpointError(f"{directory} has no trainer state ({ckpt.TRAINER_STATE_NAME}): it can be "
+                                       f"loaded with from_pretrained but not resumed")
+        ckpt.load_weights(directory, self.raw_model, "model")
+        if (directory / ckpt.EMA_WEIGHTS_NAME).exists():
+            ckpt.load_weights(directory, self.ema.module, "ema")
+        else:
+            self.ema.module.load_state_dict(self.raw_model.state_dict())
+        self.ema.step = int(state["ema"]["step"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise ckpt.CheckpointError(f"the optimizer state in {directory} does not fit this model ({e})") from None
+        self.step = int(state["step"])
+        self.epoch = int(state.get("epoch", 0))
+        self.elapsed = float(state.get("elapsed_seconds", 0.0))
+        self.history = list(state.get("history", []))
+        perm = state["data"]["perm"]
+        if perm.numel() == self.images.shape[0]:
+            self._perm, self._pos = perm.long(), int(state["data"]["pos"])
+        else:  # a different dataset size: start a fresh epoch
+            self._pos = self._perm.numel()
+        rng = state["rng"]
+        self.data_gen.set_state(rng["data_generator"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        per_rank, rank = rng["per_rank"], self.dist.rank
+        if len(per_rank["torch"]) == self.dist.world_size:
+            torch.set_rng_state(per_rank["torch"][rank])
+            self.noise_gen.set_state(per_rank["noise_generator"][rank])
+            if self.device.type == "cuda" and "cuda" in per_rank:
+                torch.cuda.set_rng_state(per_rank["cuda"][rank], self.device)
+        else:  # another world size: cannot be exact; give every rank a fresh, distinct stream
+            torch.manual_seed(self.config.seed + 7919 * self.step + rank)
+            self.noise_gen.manual_seed(self.config.seed + 7919 * self.step + 1 + rank)
