@@ -1,0 +1,59 @@
+"""Checks for the course's exercises.
+
+Each notebook's exercises have a module here (`nb01`, `nb02`, …) with one `check_*` function per exercise.
+A check takes the learner's answer, compares it with a reference computed by the package (never a typed-in
+number), and either prints a short confirmation or raises `ExerciseError` saying what is wrong and what to
+look at. Exercise cells in the notebooks wrap their solution in nbgrader's markers:
+
+    ### BEGIN SOLUTION
+    ...
+    ### END SOLUTION
+
+and `python tools/make_student.py` (or `make student`) writes copies with each solution replaced by
+`raise NotImplementedError()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import torch
+
+
+class ExerciseError(AssertionError):
+    """An exercise answer is wrong; the message says how."""
+
+
+def passed(message: str) -> None:
+    print(f"✅ Correct: {message}")
+
+
+def as_tensor(answer, name: str) -> torch.Tensor:
+    """The answer as a float64 tensor, or an `ExerciseError` naming what was expected."""
+    if answer is None:
+        raise ExerciseError(f"`{name}` is None: did you forget to return or assign it?")
+    if isinstance(answer, (float, int, np.ndarray, list, tuple)) or torch.is_tensor(answer):
+        return torch.as_tensor(answer, dtype=torch.float64).detach().cpu()
+    raise ExerciseError(f"`{name}` should be a tensor or a number, got {type(answer).__name__}")
+
+
+def expect_close(answer, reference, name: str, rtol: float = 1e-4, atol: float = 1e-6, hint: str = "") -> None:
+    """Raise `ExerciseError` unless `answer` matches `reference` in shape and value."""
+    got = as_tensor(answer, name)
+    ref = torch.as_tensor(reference, dtype=torch.float64).detach().cpu()
+    if got.shape != ref.shape:
+        raise ExerciseError(f"`{name}` has shape {tuple(got.shape)}, expected {tuple(ref.shape)}. {hint}".strip())
+    if not torch.isfinite(got).all():
+        raise ExerciseError(f"`{name}` contains NaN or inf values. {hint}".strip())
+    if not torch.allclose(got, ref, rtol=rtol, atol=atol):
+        worst = (got - ref).abs().max().item()
+        raise ExerciseError(
+            f"`{name}` is not right yet: it differs from the reference by up to {worst:.3g}. {hint}".strip()
+        )
+
+
+def __getattr__(name: str):
+    if name.startswith("nb"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(name)
