@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-conditional model (labels + null class for guidance)")
     g.add_argument("--label-dropout", type=float, default=d.label_dropout,
                    help="probability of replacing a label by the null class (for classifier-free guidance)")
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=d.hflip,
+                   help="random left-right flips of the training images (e.g. for cifar10)")
     g = t.add_argument_group("diffusion")
     g.add_argument("--timesteps", type=int, default=d.timesteps, help="number of diffusion steps T")
     g.add_argument("--schedule", default=d.schedule, help="noise schedule: linear, cosine or sigmoid")
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between sample grids (0 = only at the end)")
     g.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints (0 = only at the end)")
     g.add_argument("--sample-n", type=int, default=d.sample_n, help="images in each sample grid")
+    g.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampler steps for the sample grids")
+    g.add_argument("--sampler", default=d.sampler, choices=SAMPLERS, help="sampler for the sample grids")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress, help="progress bar")
 
     s = sub.add_parser("sample", help="generate images from a checkpoint", formatter_class=fmt,
@@ -146,6 +150,7 @@ _NOT_CONFIG = {"command", "resume", "base_channels"}
 
 
 def _train(args, explicit: set[str]) -> int:
+    from .data import DatasetUnavailableError
     from .train import TrainConfig, Trainer
 
     config_fields = {f.name for f in fields(TrainConfig)}
@@ -173,7 +178,7 @@ def _train(args, explicit: set[str]) -> int:
             trainer = Trainer.resume(path, **overrides)
         else:
             trainer = Trainer(TrainConfig(**values))
-    except ValueError as e:  # includes CheckpointError and unknown dataset / preset
+    except (ValueError, DatasetUnavailableError) as e:  # includes CheckpointError, unknown dataset / preset
         return _fail(e)
 
     if trainer.is_main:

@@ -65,6 +65,7 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)  # overrides of the preset, e.g. {"base_channels": 32}
     conditional: bool = True              # class-conditional model (needs labels)
     label_dropout: float = 0.1            # P(label -> null class): trains the unconditional model for guidance
+    hflip: bool = False                   # random left-right flips of images (Ho et al. 2020 on CIFAR-10)
     # diffusion
     timesteps: int = 1000
     schedule: str = "linear"
@@ -124,6 +125,9 @@ class TrainConfig:
              f"max_seconds must be > 0 or None, got {self.max_seconds}")
         need(self.max_steps is not None or self.max_seconds is not None,
              "set max_steps or max_seconds (or both): otherwise training never stops")
+        need(self.sampler in ("ddpm", "ddim", "dpmpp2m"),
+             f"unknown sampler {self.sampler!r}: expected one of ddpm, ddim, dpmpp2m")
+        need(self.sample_n >= 1 and self.sample_steps >= 1, "sample_n and sample_steps must be >= 1")
         need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         need(self.sample_every >= 0 and self.save_every >= 0, "sample_every and save_every must be >= 0 (0 = at the end)")
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}")
@@ -143,26 +147,28 @@ class TrainConfig:
 # -- building the default model and data --------------------------------------------------------------------
 
 def _dataset_tensors(dataset):
-    """(images [N, ...] float, labels [N] long or None, extra info) from a dataset object or tensors."""
+    """(images [N, ...] float, labels [N] long or None, info dict) from a dataset object or tensors.
+
+    info holds what the dataset object knows: "name", "num_classes" (None = unlabelled), "classes" (names).
+    """
     if torch.is_tensor(dataset):
-        return dataset.float(), None, {}
+        return dataset.float(), None, {"num_classes": None}
     if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
         images, labels = dataset
+        info = {}
     else:
         images = getattr(dataset, "images", None)
         labels = getattr(dataset, "labels", None)
         if images is None:
             raise ValueError("dataset must be a tensor of images, an (images, labels) pair or an object with "
                              f".images and .labels, got {type(dataset).__name__}")
+        info = {key: getattr(dataset, key) for key in ("name", "num_classes", "classes") if hasattr(dataset, key)}
     images = torch.as_tensor(images).float()
     labels = None if labels is None else torch.as_tensor(labels).long()
     if labels is not None and labels.shape != (images.shape[0],):
         raise ValueError(f"labels must have shape [N] = [{images.shape[0]}], got {tuple(labels.shape)}")
-    info = {}
-    for key in ("name", "num_classes", "class_names"):
-        value = getattr(dataset, key, None)
-        if value is not None:
-            info[key] = list(value) if key == "class_names" else value
+    if labels is None:
+        info["num_classes"] = None
     return images, labels, info
 
 
@@ -258,9 +264,9 @@ class Trainer:
             else:
                 num_classes = None
                 if config.conditional:
-                    if labels is None:
+                    if labels is None or ("num_classes" in self.dataset_info and not self.dataset_info["num_classes"]):
                         raise ValueError(f"conditional=True needs class labels but dataset {config.dataset!r} has "
-                                         f"none: use conditional=False")
+                                         f"none: use conditional=False (CLI: --no-conditional)")
                     num_classes = int(self.dataset_info.get("num_classes") or int(labels.max()) + 1)
                 model = build_model(config, self.sample_shape, num_classes)
         if diffusion is None:
@@ -310,6 +316,8 @@ class Trainer:
         self.history: list[dict] = []
         self.samples: list[dict] = []
         self.interrupted = False
+        self._saved_step = None  # steps of the last checkpoint / sample grid (tracked on every rank, so
+        self._sampled_step = None  # all ranks agree on which collective calls come next)
 
         if config.out_dir == "auto":
             self.out_dir = Path("runs") / config.dataset
@@ -375,6 +383,9 @@ class Trainer:
         idx = self._perm[start:start + c.batch_size].to(self.device)
         self._pos += global_batch
         x = self.images[idx]
+        if c.hflip and x.ndim == 4:
+            flip = torch.rand(x.shape[0], generator=self.noise_gen, device=self.noise_gen.device) < 0.5
+            x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
         if c.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y = None
@@ -480,9 +491,10 @@ class Trainer:
             bar.close()
 
         self.elapsed = elapsed_before + time.perf_counter() - start_time
-        if not self.samples or self.samples[-1]["step"] != self.step:
+        if self._sampled_step != self.step:
             self._sample_and_save_grid()
-        self.save()
+        if self._saved_step != self.step:
+            self.save()
         return self.history
 
     def close(self) -> None:
@@ -522,6 +534,7 @@ class Trainer:
         return x.float().cpu()
 
     def _sample_and_save_grid(self) -> None:
+        self._sampled_step = self.step
         if self.is_main:
             images = self.sample()
             self.samples.append({"step": self.step, "images": images})
@@ -584,13 +597,14 @@ class Trainer:
             state = self.state_dict(gather=sync)
         if self.is_main and directory is not None:
             extra = {"dataset": self.config.dataset, "sample_shape": list(self.sample_shape), "step": self.step,
-                     **{k: v for k, v in self.dataset_info.items() if k != "name"}}
+                     "num_classes": self.num_classes, "classes": self.dataset_info.get("classes")}
             ckpt.save_pretrained(directory, self.raw_model, self.diffusion, ema=self.ema, trainer_state=state,
                                  extra=extra)
             history_path = directory.parent / "history.json"
             tmp = history_path.with_name(f".{history_path.name}.tmp")
             tmp.write_text(json.dumps(self.history, indent=1))
             os.replace(tmp, history_path)
+        self._saved_step = self.step
         if sync:
             distributed.barrier()
         return directory

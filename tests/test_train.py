@@ -1,0 +1,166 @@
+import json
+import math
+
+import pytest
+import torch
+
+from ddpm_lite import checkpoint as ckpt
+from ddpm_lite.train import TrainConfig, Trainer
+from ddpm_lite.unet import UNet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models: one intra-op thread is fastest and avoids oversubscribing a busy 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def points(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 2, generator=g) * 0.1 + labels[:, None].float() - 0.5
+    return x, labels
+
+
+def cfg(tmp_path=None, **kw) -> TrainConfig:
+    """A tiny, fast run: 2-D points with a small ToyMLP."""
+    base = dict(dataset="points", preset="toy_mlp", model_kwargs={"hidden": 16, "num_blocks": 1}, timesteps=50,
+                batch_size=16, max_steps=10, max_seconds=None, warmup_steps=2, log_every=2, save_every=0,
+                sample_n=8, sample_steps=4, progress=False, out_dir=str(tmp_path / "run") if tmp_path else None)
+    return TrainConfig(**{**base, **kw})
+
+
+def tiny_unet() -> UNet:
+    torch.manual_seed(3)
+    return UNet(image_size=8, in_channels=1, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                attention_resolutions=(), num_groups=8, num_classes=10, dropout=0.1)
+
+
+def images(n=64):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 8, 8, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g)
+
+
+def test_history_lr_schedule_and_outputs(tmp_path):
+    trainer = Trainer(cfg(tmp_path, max_steps=10), dataset=points())
+    history = trainer.train()
+    assert trainer.step == 10 and [h["step"] for h in history] == [2, 4, 6, 8, 10]
+    for h in history:
+        assert set(h) == {"step", "loss", "lr", "images_per_sec", "time"}
+        assert math.isfinite(h["loss"]) and h["images_per_sec"] > 0
+    # warm-up to lr over 2 steps, then cosine down to 10% at max_steps
+    c = trainer.config
+    assert trainer.lr_at(0) == pytest.approx(c.lr / 2) and trainer.lr_at(1) == pytest.approx(c.lr)
+    assert trainer.lr_at(10) == pytest.approx(0.1 * c.lr) and trainer.lr_at(6) == pytest.approx(0.55 * c.lr)
+    assert history[-1]["lr"] == pytest.approx(trainer.lr_at(9))
+    # outputs: checkpoint (loadable), history.json, samples kept in memory (2-D points: no PNG)
+    run = tmp_path / "run"
+    assert json.loads((run / "history.json").read_text()) == history
+    model, diffusion = ckpt.from_pretrained(run)
+    assert model.num_classes == 2 and diffusion.num_timesteps == 50
+    assert ckpt.load_config(run)["extra"]["sample_shape"] == [2]
+    assert trainer.samples[-1]["step"] == 10 and trainer.samples[-1]["images"].shape == (8, 2)
+
+
+def test_max_seconds_stops_training():
+    trainer = Trainer(cfg(max_steps=None, max_seconds=0.3), dataset=points())
+    trainer.train()
+    assert trainer.step > 0
+    assert trainer.elapsed < 0.3 + 5.0  # one step past the limit at most (plus a slow CI machine)
+
+
+def test_exact_resume_is_bitwise_identical(tmp_path):
+    # UNet with dropout: also checks that the global RNG (dropout masks) is restored
+    data = images()
+    config = dict(dataset="tiny", max_steps=8, batch_size=8, timesteps=50, warmup_steps=3, log_every=2,
+                  label_dropout=0.3, sample_n=4, sample_steps=2, progress=False, max_seconds=None, save_every=0)
+    straight = Trainer(TrainConfig(**config, out_dir=None), model=tiny_unet(), dataset=data)
+    straight.train()
+
+    first = Trainer(TrainConfig(**config, out_dir=str(tmp_path / "run")), model=tiny_unet(), dataset=data)
+    first.train(steps=4)
+    assert first.step == 4
+    torch.manual_seed(12345)  # a "fresh process": whatever the global RNG was, resume restores it
+    resumed = Trainer.resume(tmp_path / "run", dataset=data)
+    assert resumed.step == 4 and resumed.out_dir == tmp_path / "run"
+    resumed.train()
+    assert resumed.step == 8
+    for a, b in ((straight.raw_model, resumed.raw_model), (straight.ema.module, resumed.ema.module)):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    assert [h["step"] for h in resumed.history] == [2, 4, 6, 8]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
+def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, capsys):
+    trainer = Trainer(cfg(tmp_path, max_steps=50), dataset=points())
+    real_step = trainer.train_step
+
+    def step_then_interrupt():
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+        return real_step()
+
+    trainer.train_step = step_then_interrupt
+    trainer.train()  # returns normally
+    assert trainer.interrupted and trainer.step == 3
+    assert "interrupted at step 3" in capsys.readouterr().out
+    assert ckpt.load_trainer_state(tmp_path / "run")["step"] == 3
+    resumed = Trainer.resume(tmp_path / "run", dataset=points(), max_steps=5)
+    resumed.train()
+    assert resumed.step == 5 and not resumed.interrupted
+
+
+def test_label_dropout_grad_accum_and_images(tmp_path):
+    x, y = images()
+    trainer = Trainer(TrainConfig(max_steps=2, batch_size=8, grad_accum=2, timesteps=50, label_dropout=0.5,
+                                  sample_n=10, sample_steps=2, progress=False, max_seconds=None,
+                                  out_dir=str(tmp_path / "img")), model=tiny_unet(), dataset=(x, y))
+    batches = [trainer._next_batch()[1] for _ in range(50)]
+    dropped = torch.cat(batches) == 10  # the null class
+    assert 0.35 < dropped.float().mean() < 0.65
+    trainer.train()
+    assert trainer.step == 2
+    assert (tmp_path / "img" / "samples" / "step_000002.png").exists()
+    assert trainer.samples[-1]["images"].shape == (10, 1, 8, 8)
+
+
+def test_default_digits_model_from_config():
+    config = TrainConfig(model_kwargs={"base_channels": 16}, max_steps=1, batch_size=8, out_dir=None,
+                         progress=False, timesteps=20, sample_n=2, sample_steps=1)
+    trainer = Trainer(config)
+    assert isinstance(trainer.raw_model, UNet) and trainer.raw_model.num_classes == 10
+    assert trainer.images.shape[1:] == (1, 8, 8)
+    trainer.train()
+    assert trainer.step == 1
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(max_steps=None, max_seconds=None), "never stops"),
+    (dict(lr_schedule="linear"), "unknown lr_schedule"),
+    (dict(amp="fp8"), "unknown amp"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(label_dropout=1.0), "label_dropout"),
+    (dict(preset="huge"), "unknown preset"),
+    (dict(dataset="imagenet"), "unknown dataset"),
+    (dict(dataset="swiss_roll"), "conditional=True needs class labels"),
+    (dict(sampler="euler"), "unknown sampler"),
+])
+def test_bad_config_raises_clear_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(TrainConfig(**{"out_dir": None, "progress": False, **bad}))
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        Trainer.resume(tmp_path / "missing")
+    model = UNet(image_size=8, in_channels=1, base_channels=16, channel_mults=(1,), num_res_blocks=1,
+                 attention_resolutions=(), num_groups=8)
+    from ddpm_lite.diffusion import GaussianDiffusion
+
+    ckpt.save_pretrained(tmp_path / "plain", model, GaussianDiffusion(timesteps=10))
+    with pytest.raises(ckpt.CheckpointError, match="no trainer state"):
+        Trainer.resume(tmp_path / "plain")
