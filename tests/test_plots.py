@@ -1,0 +1,134 @@
+"""Tests for ddpm_lite.plots: grid layout and value mapping, and that every figure helper draws what it says."""
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ddpm_lite import plots  # noqa: E402
+from ddpm_lite.schedules import NoiseSchedule  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_setup_sets_low_dpi():
+    plots.setup()
+    assert matplotlib.rcParams["figure.dpi"] == 72
+    assert matplotlib.rcParams["savefig.dpi"] == 72
+    assert matplotlib.rcParams["image.interpolation"] == "nearest"
+    with pytest.raises(ValueError, match="style"):
+        plots.setup(style="fancy")
+
+
+def test_to_image_grid_layout_and_values():
+    # image i is constant with value -1 + 2 * i / 5, so its grid cell must read i / 5
+    b, h, w = 6, 3, 4
+    imgs = torch.stack([torch.full((1, h, w), -1 + 2 * i / 5) for i in range(b)])
+    grid = plots.to_image_grid(imgs, nrow=4, padding=1, pad_value=0.25)
+    # 4 per row -> 2 rows, 4 columns
+    assert grid.shape == (2 * (h + 1) + 1, 4 * (w + 1) + 1)
+    for i in range(b):
+        r, k = divmod(i, 4)
+        cell = grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w]
+        np.testing.assert_allclose(cell, i / 5, atol=1e-12)
+    # padding rows/cols and the two empty slots hold pad_value
+    assert (grid[0] == 0.25).all() and (grid[:, 0] == 0.25).all()
+    assert (grid[1 + (h + 1):, 1 + 2 * (w + 1):] == 0.25).all()
+
+
+def test_to_image_grid_defaults_rgb_and_clipping():
+    x = torch.linspace(-3, 3, 2 * 3 * 2 * 2).reshape(2, 3, 2, 2)
+    grid = plots.to_image_grid(x, padding=0)
+    assert grid.shape == (2, 4, 3)  # ceil(sqrt(2)) = 2 per row, RGB last
+    assert grid.min() == 0.0 and grid.max() == 1.0  # out-of-range values saturate
+    one = plots.to_image_grid(np.zeros((1, 5, 5)), padding=0)  # a single C×H×W image
+    assert one.shape == (5, 5) and np.allclose(one, 0.5)
+    default = plots.to_image_grid(torch.zeros(10, 1, 8, 8))
+    assert default.shape == (3 * 9 + 1, 4 * 9 + 1)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 2, 4, 4), torch.zeros(4, 4), torch.zeros(0, 1, 4, 4)])
+def test_to_image_grid_rejects_bad_shapes(bad):
+    with pytest.raises(ValueError):
+        plots.to_image_grid(bad)
+
+
+def test_show_images_draws_grid_and_labels():
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    ax = plots.show_images(x, nrow=2, title="four", labels=["a", "b", "c", "d"])
+    np.testing.assert_allclose(ax.images[-1].get_array(), plots.to_image_grid(x, nrow=2))
+    assert [t.get_text() for t in ax.texts] == ["a", "b", "c", "d"]
+    assert ax.get_title() == "four"
+    with pytest.raises(ValueError, match="labels"):
+        plots.show_images(x, labels=["only one"])
+
+
+def test_plot_schedules_curves():
+    fig = plots.plot_schedules({"linear": NoiseSchedule("linear", 100), "cosine": "cosine"}, t_marker=10)
+    ab_ax, snr_ax = fig.axes
+    lin = ab_ax.lines[0]
+    np.testing.assert_allclose(lin.get_ydata(), NoiseSchedule("linear", 100).alphas_cumprod.numpy())
+    lin_snr = snr_ax.lines[0].get_ydata()
+    np.testing.assert_allclose(lin_snr, np.log(NoiseSchedule("linear", 100).snr.numpy()), rtol=1e-10)
+    assert [line.get_label() for line in ab_ax.get_legend().get_lines()] == ["linear", "cosine"]
+    assert len(plots.schedule_curves("sigmoid")["t"]) == 1000
+
+
+def test_smooth_and_plot_loss():
+    v = np.array([4.0, 4.0, 4.0])
+    np.testing.assert_allclose(plots.smooth(v, 0.9), v)  # bias correction: a constant stays constant
+    history = [{"step": 10 * i, "loss": 1.0 / (i + 1)} for i in range(50)] + [{"step": 500, "lr": 1e-3}]
+    ax = plots.plot_loss(history)
+    raw, smoothed = ax.lines[:2]
+    assert raw.get_xdata()[-1] == 490
+    np.testing.assert_allclose(smoothed.get_ydata(), plots.smooth([1.0 / (i + 1) for i in range(50)]))
+    assert ax.get_yscale() == "log"
+    ax2 = plots.plot_loss([0.5, 0.4, 0.3], logy=False)
+    assert ax2.get_yscale() == "linear"
+    with pytest.raises(ValueError):
+        plots.plot_loss([{"step": 1, "lr": 0.1}])
+
+
+def test_plot_histogram_vs_normal_is_a_density():
+    x = torch.randn(20000, generator=torch.Generator().manual_seed(0))
+    ax = plots.plot_histogram_vs_normal(x, bins=40)
+    values, edges, _ = ax.patches[0].get_data()
+    assert abs((values * np.diff(edges)).sum() - 1.0) < 0.01  # almost all mass inside [-4, 4]
+    centers = (edges[1:] + edges[:-1]) / 2
+    assert np.abs(values - plots.normal_pdf(centers)).max() < 0.03
+
+
+def test_plot_2d_and_trajectories():
+    pts = torch.randn(50, 2)
+    ax = plots.plot_2d(pts, c=torch.arange(50) % 2, lim=3, title="pts")
+    np.testing.assert_allclose(ax.collections[-1].get_offsets(), pts.numpy(), rtol=1e-6)
+    assert ax.get_xlim() == (-3, 3)
+    with pytest.raises(ValueError):
+        plots.plot_2d(torch.zeros(5, 3))
+    tr = torch.randn(7, 20, 2)
+    ax = plots.plot_trajectories(tr, n=5)
+    assert len(ax.lines) == 5
+    with pytest.raises(ValueError):
+        plots.plot_trajectories(torch.zeros(3, 2))
+
+
+def test_fig_to_png_and_new_figure():
+    before = plt.get_fignums()
+    fig, ax = plots.new_figure(figsize=(2, 1), dpi=50)
+    assert plt.get_fignums() == before  # not registered with pyplot
+    ax.plot([0, 1], [0, 1])
+    png = plots.fig_to_png(fig)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    img = mpimg.imread(io.BytesIO(png))
+    assert img.shape[:2] == (50, 100)
