@@ -1,0 +1,190 @@
+"""Checks for notebook 03, "The training loop".
+
+Exercises:
+    1. `check_simple_loss`: one training step's loss by hand: perturb x_0 to x_t with ε (eq. 4), ask the model
+       for ε_θ(x_t, t, y), and average ‖ε − ε_θ‖² (L_simple, Ho et al. 2020, eq. 14; Algorithm 1, line 5).
+    2. `check_ema_update`: one exponential-moving-average update of the weights, shadow ← d·shadow + (1−d)·θ.
+    3. `check_ema_warmup`: the warm-up of the EMA decay, d_k = min(decay, (1 + k)/(warmup + k)).
+
+References are computed by the package (`GaussianDiffusion.training_losses`, `ema.EMA`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from ..diffusion import GaussianDiffusion
+from ..ema import EMA
+from . import ExerciseError, as_tensor, expect_close, passed
+
+__all__ = ["check_simple_loss", "check_ema_update", "check_ema_warmup", "TinyEpsModel"]
+
+
+def _call(fn, *args, what: str):
+    if not callable(fn):
+        raise ExerciseError(f"pass your function itself (e.g. `check(my_function)`), got {type(fn).__name__}")
+    try:
+        return fn(*args)
+    except ExerciseError:
+        raise
+    except NotImplementedError:
+        raise ExerciseError(f"{what} still raises NotImplementedError: write your solution first.") from None
+    except Exception as err:  # the learner's code: report, do not crash the check
+        raise ExerciseError(f"{what} raised {type(err).__name__}: {err}") from err
+
+
+class TinyEpsModel(nn.Module):
+    """A small deterministic class-conditional network `model(x, t, y)` whose output depends on x, t and y: just
+    enough for the checks to tell a right loss from a wrong one."""
+
+    def __init__(self, channels: int = 1, num_classes: int = 10, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.num_classes = num_classes
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.class_bias = nn.Embedding(num_classes + 1, channels)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+    def forward(self, x, t, y=None):
+        if y is None:
+            y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        scale = 1.0 + t.float().reshape(-1, 1, 1, 1) / 1000.0
+        return torch.tanh(self.conv(x)) * scale + self.class_bias(y)[:, :, None, None]
+
+
+# -- exercise 1: L_simple by hand -----------------------------------------------------------------------------
+
+
+def check_simple_loss(fn) -> None:
+    """`fn(model, x0, t, noise, alphas_cumprod, y)` must return the batch mean of ‖ε − ε_θ(x_t, t, y)‖² / D,
+    with x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε: a 0-d tensor that gradients flow through (eq. 14).
+
+    Compared with `GaussianDiffusion.training_losses(model, x0, t, noise, y)["loss"].mean()`.
+    """
+    diffusion = GaussianDiffusion("linear", 1000)
+    model = TinyEpsModel()
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.rand(8, 1, 8, 8, generator=gen) * 2 - 1
+    noise = torch.randn(8, 1, 8, 8, generator=gen)
+    t = torch.tensor([0, 3, 50, 200, 400, 600, 800, 999], dtype=torch.long)
+    y = torch.arange(8, dtype=torch.long) % 10
+    ab = diffusion.schedule.alphas_cumprod.to(torch.float32)
+    got = _call(fn, model, x0.clone(), t.clone(), noise.clone(), ab.clone(), y.clone(), what="l_simple")
+    if not torch.is_tensor(got):
+        raise ExerciseError(f"return the loss as a torch tensor (a float cannot be back-propagated), got "
+                            f"{type(got).__name__}: did you call .item()?")
+    if got.ndim != 0:
+        raise ExerciseError(f"the loss should be one number (a 0-d tensor), got shape {tuple(got.shape)}: take the "
+                            f"mean over the batch too.")
+    if not got.requires_grad:
+        raise ExerciseError("the loss does not require grad: compute it from the model's output, outside "
+                            "torch.no_grad(), without .detach().")
+    value = as_tensor(got, "loss")
+    with torch.no_grad():
+        reference = diffusion.training_losses(model, x0, t=t, noise=noise, y=y)["loss"].mean().double()
+        a = ab[t].reshape(-1, 1, 1, 1)
+
+        def mse(xt, target, yy=y, tt=t):
+            return ((model(xt, tt, yy) - target) ** 2).mean().double()
+
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        mistakes = [
+            (mse(a * x0 + (1 - a) * noise, noise), "x_t uses square roots: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (eq. 4)."),
+            (mse(xt, x0), "the target of an ε-model is the noise ε, not x_0."),
+            (mse(x0, noise), "the model must see the noisy x_t, not the clean x_0."),
+            (mse(noise, noise), "the model must see the noisy x_t, not the noise itself."),
+            (mse(xt, noise, yy=None), "pass the class labels y to the model: model(x_t, t, y)."),
+            (((model(xt, t, y) - noise) ** 2).sum().double(), "use the mean of the squared error, not the sum."),
+            (((model(xt, t, y) - noise) ** 2).sum(dim=(1, 2, 3)).mean().double(),
+             "average over the pixels too (the package's loss is the mean over all dimensions)."),
+            (((model(xt, t, y) - noise).abs()).mean().double(), "that is an L1 loss: square the error."),
+        ]
+        t1 = torch.clamp(t + 1, max=999)
+        a1 = ab[t1].reshape(-1, 1, 1, 1)
+        mistakes.append((mse(a1.sqrt() * x0 + (1 - a1).sqrt() * noise, noise),
+                         "off by one: index ᾱ with t itself (0-based), not t + 1."))
+    for wrong, message in mistakes:
+        if torch.allclose(value, wrong, rtol=1e-4, atol=1e-7) and not torch.allclose(wrong, reference, rtol=1e-6):
+            raise ExerciseError(message)
+    expect_close(value, reference, "loss", rtol=1e-4, atol=1e-6,
+                 hint="x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, then mean((model(x_t, t, y) − ε)²).")
+    passed(f"your L_simple ({float(value):.4f}) equals GaussianDiffusion.training_losses(...)['loss'].mean().")
+
+
+# -- exercise 2: one EMA update -------------------------------------------------------------------------------
+
+
+def _pair(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.SiLU(), nn.Linear(8, 3))
+    shadow = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+        for p in shadow.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    shadow.requires_grad_(False)
+    return shadow, model
+
+
+def check_ema_update(fn) -> None:
+    """`fn(shadow, model, decay)` must update `shadow`'s parameters in place to d·shadow + (1 − d)·model and
+    leave `model` unchanged. Compared with `ddpm_lite.ema.EMA.update` (without warm-up)."""
+    decay = 0.9
+    shadow, model = _pair()
+    model_before = copy.deepcopy(model.state_dict())
+    shadow_before = copy.deepcopy(shadow.state_dict())
+    reference = EMA(shadow, decay=decay, warmup=None)  # copies `shadow` as it is now
+    reference.update(model)
+    _call(fn, shadow, model, decay, what="ema_update")
+    for name, p in model.state_dict().items():
+        if not torch.equal(p, model_before[name]):
+            raise ExerciseError(f"the model's weights changed ({name}): only the shadow copy may be updated.")
+    ref_state = reference.module.state_dict()
+    for name, p in shadow.state_dict().items():
+        got, ref = p.double(), ref_state[name].double()
+        old, new = shadow_before[name].double(), model_before[name].double()
+        if torch.equal(got, old):
+            raise ExerciseError(f"the shadow's {name} did not change: update its parameters in place "
+                                f"(e.g. `s.mul_(d).add_(p, alpha=1 - d)` or `s.lerp_(p, 1 - d)` under torch.no_grad()).")
+        if torch.allclose(got, new):
+            raise ExerciseError("the shadow became a copy of the model: it should move only a fraction 1 − d towards it.")
+        if torch.allclose(got, (1 - decay) * old + decay * new, rtol=1e-5):
+            raise ExerciseError("d and 1 − d are swapped: the *old shadow* keeps the big weight d "
+                                "(shadow ← d·shadow + (1 − d)·θ).")
+        expect_close(got, ref, f"shadow.{name}", rtol=1e-5, atol=1e-7,
+                     hint="shadow ← d·shadow + (1 − d)·θ for every parameter.")
+    passed(f"one update moved each shadow weight 1 − d = {1 - decay:.1f} of the way towards the model, as EMA.update.")
+
+
+# -- exercise 3: the EMA warm-up ------------------------------------------------------------------------------
+
+
+def check_ema_warmup(fn) -> None:
+    """`fn(step, decay, warmup)` must return min(decay, (1 + step) / (warmup + step)) (a float), as
+    `EMA.current_decay` (TensorFlow's `num_updates` schedule)."""
+    for decay, warmup in ((0.9999, 10), (0.999, 10), (0.99, 5)):
+        ref_ema = EMA(nn.Linear(1, 1), decay=decay, warmup=warmup)
+        for step in (0, 1, 8, 80, 890, 10_000, 1_000_000):
+            got = _call(fn, step, decay, warmup, what="ema_decay")
+            got_t = as_tensor(got, "decay")
+            if got_t.numel() != 1:
+                raise ExerciseError(f"return one number, got shape {tuple(got_t.shape)}")
+            ref = ref_ema.current_decay(step)
+            value = float(got_t)
+            if step == 0 and abs(value - decay) < 1e-12:
+                raise ExerciseError("at step 0 the decay should be small (1/warmup), not the full decay: that is the "
+                                    "point of the warm-up.")
+            if abs(value - (1 + step) / (warmup + step)) < 1e-12 and abs(value - ref) > 1e-12:
+                raise ExerciseError(f"cap the decay at `decay` = {decay}: at step {step} the warm-up formula alone gives "
+                                    f"{value:.6f}.")
+            if abs(value - ref) > 1e-9:
+                raise ExerciseError(f"at step {step} (decay {decay}, warmup {warmup}) expected {ref:.6f}, got {value:.6f}. "
+                                    f"Hint: min(decay, (1 + step) / (warmup + step)).")
+    passed("your warm-up gives 0.1 at step 0, 0.5 at step 8, 0.9 at step 80 and the full decay only after ~10⁴ "
+           "steps, as EMA.current_decay.")
