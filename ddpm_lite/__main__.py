@@ -5,6 +5,7 @@
     python -m ddpm_lite train --resume --out runs/digits --max-seconds 120     # continue a run
     torchrun --nproc_per_node 2 -m ddpm_lite train --max-steps 5000            # data-parallel
     python -m ddpm_lite sample --checkpoint runs/digits --labels 0,1,2 --n 30 --guidance 1 --out samples.png
+    python -m ddpm_lite export --checkpoint runs/digits --out assets/checkpoints/digits   # weights only, to share
 
 Bad input (a wrong checkpoint path, labels out of range, an unknown dataset, preset or sampler) prints one
 line `ddpm_lite: error: ...` and exits with status 2.
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog=PROG, description="Train and sample DDPMs (ddpm_lite).", formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,export}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a diffusion model", formatter_class=fmt,
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear LR warm-up steps")
     g.add_argument("--lr-schedule", default=d.lr_schedule, choices=("cosine", "constant"),
-                   help="LR after warm-up (cosine decays to 10%% at --max-steps)")
+                   help="LR after warm-up: cosine decays to 10%% at --max-steps (or, with only --max-seconds, over the wall-clock budget)")
     g.add_argument("--grad-clip", type=_optional_float, default=d.grad_clip, help="gradient-norm clip; None = off")
     g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="gradient accumulation micro-steps")
     g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay")
@@ -124,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False, help="progress bar")
+
+    e = sub.add_parser("export", help="write a shareable checkpoint (config + weights, no optimizer state)",
+                       formatter_class=fmt,
+                       description="Copy a run's model and EMA weights with its config.json into a new checkpoint "
+                                   "directory without the trainer state (optimizer, RNG): a smaller file to share "
+                                   "or commit. It loads with from_pretrained / `sample`, but cannot be resumed.")
+    e.add_argument("--checkpoint", default="runs/digits", help="checkpoint or run directory to export")
+    e.add_argument("--out", required=True, help="directory for the exported checkpoint")
+    e.add_argument("--note", default=None, help="free text stored in config.json under extra.note "
+                                                "(e.g. the command that trained it)")
     return parser
 
 
@@ -309,6 +320,31 @@ def _sample(args) -> int:
     return 0
 
 
+# -- export -----------------------------------------------------------------------------------------------
+
+def _export(args) -> int:
+    from . import checkpoint as ckpt
+    from .ema import EMA
+
+    try:
+        config = ckpt.load_config(args.checkpoint)
+        model = ckpt.load_weights(args.checkpoint, ckpt.build_model(config), "model")
+        diffusion = ckpt.build_diffusion(config)
+        ema = None
+        if config.get("has_ema"):
+            ema = EMA(model)
+            ckpt.load_weights(args.checkpoint, ema.module, "ema")
+        extra = dict(config.get("extra", {}))
+        if args.note:
+            extra["note"] = args.note
+        out = ckpt.save_pretrained(args.out, model, diffusion, ema=ema, extra=extra)
+    except ValueError as e:
+        return _fail(e)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"exported {ckpt.resolve_checkpoint_dir(args.checkpoint)} to {out} ({size / 1e6:.1f} MB)")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------------------
 
 def _fail(err: Exception) -> int:
@@ -323,6 +359,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)  # argparse itself exits with status 2 on unknown flags / bad choices
     if args.command == "train":
         return _train(args, _explicit_dests(parser, argv))
+    if args.command == "export":
+        return _export(args)
     return _sample(args)
 
 

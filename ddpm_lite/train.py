@@ -15,7 +15,8 @@ One training step (Ho et al. 2020, Algorithm 1, plus the usual modern extras):
 
 Learning rate: linear warm-up over `warmup_steps`, then cosine decay to `min_lr_ratio * lr` at `max_steps`
 (a pure function of the step, as in nanoGPT, so it needs no state to resume). With no `max_steps` (a run
-bounded only by `max_seconds`) the horizon is unknown and the LR stays at `lr` after warm-up.
+bounded only by `max_seconds`) the cosine runs over the wall-clock budget of the train() call instead, so a
+60-second run still ends at a low LR (such a run is, by nature, not bit-reproducible).
 
 Outputs, in `out_dir` (rank 0 only):
 
@@ -78,7 +79,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    lr_schedule: str = "cosine"           # "cosine" (to min_lr_ratio * lr at max_steps) or "constant"
+    lr_schedule: str = "cosine"           # "cosine" (to min_lr_ratio * lr at max_steps, or at max_seconds of
+                                          # wall time when there is no max_steps) or "constant"
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0
     grad_accum: int = 1
@@ -361,14 +363,24 @@ class Trainer:
 
     # -- the schedule, batches and one step -----------------------------------------------------------------
 
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to min_lr_ratio * lr at max_steps (constant if no max_steps)."""
+    def lr_at(self, step: int, time_fraction: float | None = None) -> float:
+        """Linear warm-up, then cosine decay to min_lr_ratio * lr.
+
+        The cosine runs over the steps up to `max_steps`; a run bounded only by `max_seconds` has no step horizon,
+        so there the cosine runs over wall-clock time instead (`time_fraction` = elapsed / max_seconds of this
+        train() call). With neither, the LR stays at `lr` after warm-up.
+        """
         c = self.config
         if step < c.warmup_steps:
             return c.lr * (step + 1) / c.warmup_steps
-        if c.lr_schedule == "constant" or not c.max_steps or c.max_steps <= c.warmup_steps:
+        if c.lr_schedule == "constant":
             return c.lr
-        progress = min(1.0, (step - c.warmup_steps) / (c.max_steps - c.warmup_steps))
+        if c.max_steps and c.max_steps > c.warmup_steps:
+            progress = min(1.0, (step - c.warmup_steps) / (c.max_steps - c.warmup_steps))
+        elif time_fraction is not None:
+            progress = min(1.0, max(0.0, time_fraction))
+        else:
+            return c.lr
         return c.lr * (c.min_lr_ratio + (1.0 - c.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     def _next_batch(self):
@@ -401,10 +413,17 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    def _time_fraction(self) -> float | None:
+        """Fraction of this train() call's `max_seconds` used so far (None outside a time-bounded train())."""
+        start, c = getattr(self, "_train_start", None), self.config
+        if start is None or not c.max_seconds or c.max_steps:
+            return None
+        return (time.perf_counter() - start) / c.max_seconds
+
     def train_step(self) -> torch.Tensor:
         """One optimizer step (grad_accum micro-batches); returns the mean loss as a 0-dim tensor (no sync)."""
         c = self.config
-        lr = self.lr_at(self.step)
+        lr = self.lr_at(self.step, self._time_fraction())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
@@ -440,6 +459,7 @@ class Trainer:
         c = self.config
         self.interrupted = False
         start_step, start_time = self.step, time.perf_counter()
+        self._train_start = start_time
         elapsed_before = self.elapsed
         last_log_step, last_log_time = self.step, start_time
         loss_sum, loss_count = torch.zeros((), device=self.device), 0
@@ -467,7 +487,7 @@ class Trainer:
                     now = time.perf_counter()
                     loss = distributed.mean_across((loss_sum / loss_count).item(), self.device)
                     images = (self.step - last_log_step) * c.batch_size * c.grad_accum * self.dist.world_size
-                    record = {"step": self.step, "loss": loss, "lr": self.lr_at(self.step - 1),
+                    record = {"step": self.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                               "images_per_sec": images / max(now - last_log_time, 1e-9), "time": self.elapsed}
                     self.history.append(record)
                     bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{record['images_per_sec']:.0f}",
@@ -489,6 +509,7 @@ class Trainer:
             return self.history
         finally:
             bar.close()
+            self._train_start = None
 
         self.elapsed = elapsed_before + time.perf_counter() - start_time
         if self._sampled_step != self.step:

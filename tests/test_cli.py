@@ -73,6 +73,24 @@ def _expect_exit2(argv, capsys, pattern):
     assert err.count("\n") == 1 and err.startswith("ddpm_lite: error:")
 
 
+def test_export_drops_trainer_state_and_loads(run_dir, tmp_path, capsys):
+    from ddpm_lite import checkpoint as ckpt
+
+    out = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(run_dir), "--out", str(out), "--note", "made by a test"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "ema.safetensors", "model.safetensors"]
+    assert ckpt.load_config(out)["extra"]["note"] == "made by a test"
+    assert ckpt.load_trainer_state(out) is None
+    a, _ = ckpt.from_pretrained(run_dir)
+    b, _ = ckpt.from_pretrained(out)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    assert "exported" in capsys.readouterr().out
+    # exporting a missing checkpoint is a one-line error
+    assert main(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_bad_checkpoint_path(capsys, tmp_path):
     _expect_exit2(["sample", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")], capsys,
                   "does not exist")

@@ -72,6 +72,20 @@ def test_max_seconds_stops_training():
     assert trainer.elapsed < 0.3 + 5.0  # one step past the limit at most (plus a slow CI machine)
 
 
+def test_time_bounded_run_decays_lr_over_its_wall_clock_budget():
+    trainer = Trainer(cfg(max_steps=None, max_seconds=0.5, warmup_steps=0, log_every=1), dataset=points())
+    c = trainer.config
+    # the cosine over the time fraction: full lr at the start, half-way down in the middle, min at the end
+    assert trainer.lr_at(5, 0.0) == pytest.approx(c.lr)
+    assert trainer.lr_at(5, 0.5) == pytest.approx(0.55 * c.lr)
+    assert trainer.lr_at(5, 1.7) == pytest.approx(0.1 * c.lr)
+    assert trainer.lr_at(5) == pytest.approx(c.lr)  # outside train(): no time horizon
+    history = trainer.train()
+    lrs = [h["lr"] for h in history]
+    assert len(lrs) >= 2 and lrs[-1] < lrs[0] and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert trainer._time_fraction() is None  # cleared after train()
+
+
 def test_exact_resume_is_bitwise_identical(tmp_path):
     # UNet with dropout: also checks that the global RNG (dropout masks) is restored
     data = images()
