@@ -324,6 +324,33 @@ class GaussianDiffusion:
             log_var = torch.where(t.reshape(log_var.shape) == 0, log_var, log_beta)
         return log_var
 
+    def _sigma2_table(self) -> torch.Tensor:
+        """σ_t² of p_θ for every t (float64), as chosen by `variance` (see `model_log_variance`)."""
+        s = self.schedule
+        if self.variance == "fixed_small":
+            return s.posterior_variance
+        sigma2 = s.betas.clone()
+        sigma2[0] = s.posterior_variance[1]
+        return sigma2
+
+    def vlb_eps_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """λ_t of Ho et al. 2020, eq. 12: L_{t−1} = λ_t E‖ε − ε_θ(x_t, t)‖² + C_t per dimension (nats), with
+        λ_t = β_t² / (2 σ_t² α_t (1 − ᾱ_t)). `L_simple` (eq. 14) drops this weight (λ_t := 1). float64, shape of t.
+        Defined for t ≥ 1 (index 0 is the decoder term L_0, not a KL): index 0 gives NaN."""
+        s = self.schedule
+        table = s.betas ** 2 / (2 * self._sigma2_table() * s.alphas * (1 - s.alphas_cumprod))
+        table[0] = float("nan")
+        return table.to(t.device)[t]
+
+    def vlb_constant(self, t: torch.Tensor) -> torch.Tensor:
+        """C_t of eq. 12 (nats per dimension): KL(N(μ̃, β̃_t) ‖ N(μ̃, σ_t²)) = ½(log(σ_t²/β̃_t) + β̃_t/σ_t² − 1);
+        zero for σ_t² = β̃_t. float64, shape of t."""
+        s = self.schedule
+        sigma2 = self._sigma2_table()
+        table = 0.5 * (torch.log(sigma2 / s.posterior_variance) + s.posterior_variance / sigma2 - 1)
+        table[0] = 0.0  # t = 0 is the decoder L_0, not a KL term
+        return table.to(t.device)[t]
+
     def p_mean_variance(
         self, model, xt, t, y=None, clip_denoised: bool = True, guidance: float = 0.0, threshold: str | None = None
     ):

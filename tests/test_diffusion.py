@@ -8,6 +8,7 @@ import torch
 
 from ddpm_lite.diffusion import GaussianDiffusion, dynamic_threshold
 from ddpm_lite.losses import discretized_gaussian_log_likelihood, min_snr_weight, normal_kl
+from ddpm_lite.schedules import NoiseSchedule
 
 
 def full(b, t):
@@ -220,3 +221,24 @@ def test_dynamic_threshold():
     # First sample: s = 3 → divided by 3; second: s = max(1, 0.9) = 1 → unchanged.
     assert torch.allclose(out[0], x[0] / 3) and torch.allclose(out[1], x[1])
     assert float(out.abs().max()) <= 1.0
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_eq12_weight_and_constant_match_the_kl_terms(variance):
+    """Ho et al. eq. 12: with ε_θ = ε + e, L_{t−1} = λ_t·mean(e²) + C_t (nats per dimension), t ≥ 1."""
+    d = GaussianDiffusion(NoiseSchedule("linear", 200), variance=variance)
+    g = torch.Generator().manual_seed(3)
+    B = 64
+    x0 = torch.rand(B, 2, generator=g, dtype=torch.float64) * 2 - 1
+    t = torch.randint(1, 200, (B,), generator=g)
+    eps = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    err = 0.2 * torch.randn(B, 2, generator=g, dtype=torch.float64)
+    xt = d.q_sample(x0, t, noise=eps)
+    kl_bits = d.vb_terms_bpd(lambda x, tt, y=None: eps + err, x0, xt, t, clip_denoised=False)["output"]
+    formula_bits = (d.vlb_eps_weight(t) * (err ** 2).mean(1) + d.vlb_constant(t)) / math.log(2)
+    torch.testing.assert_close(kl_bits.double(), formula_bits, rtol=1e-6, atol=1e-9)
+    if variance == "fixed_small":
+        assert torch.all(d.vlb_constant(t) == 0)
+    else:
+        assert torch.all(d.vlb_constant(t[t > 1]) > 0)
+    assert torch.isnan(d.vlb_eps_weight(torch.tensor([0]))).all()

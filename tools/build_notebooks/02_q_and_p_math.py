@@ -461,9 +461,9 @@ noisy_model = lambda x, t, y=None: eps_w + err_w                           # ε_
 
 lam, consts = {}, {}
 for name, d in (("fixed_small", small), ("fixed_large", large)):
-    sigma2 = s.posterior_variance if name == "fixed_small" else s.betas
-    lam[name] = s.betas ** 2 / (2 * sigma2 * s.alphas * (1 - s.alphas_cumprod))          # eq. 12
-    consts[name] = 0.5 * (torch.log(sigma2 / s.posterior_variance) + s.posterior_variance / sigma2 - 1)
+    all_t = torch.arange(T)
+    lam[name] = d.vlb_eps_weight(all_t)                                      # λ_t of eq. 12
+    consts[name] = d.vlb_constant(all_t)                                     # C_t of eq. 12
     kl_bits = d.vb_terms_bpd(noisy_model, x0_w, xt_w, t_w, clip_denoised=False)["output"]
     formula = (lam[name][t_w] * (err_w ** 2).mean(1) + consts[name][t_w]) / math.log(2)
     rel = ((kl_bits - formula).abs() / formula).max().item()
