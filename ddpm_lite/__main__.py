@@ -65,10 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--parameterization", default=d.parameterization, help="model target: eps, x0 or v")
     g.add_argument("--loss-type", default=d.loss_type, help="l2, l1 or huber")
     g.add_argument("--min-snr-gamma", type=_optional_float, default=d.min_snr_gamma,
-                   help="min-SNR-gamma loss weighting (e.g. 5); None = off")
+                   help="min-SNR-gamma loss weighting (Hang et al. 2023); none = plain L_simple of Ho et al.")
     g = t.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size per process and micro-step")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="batch size per process and micro-step (None: the recipe for the preset/dataset, "
+                        "e.g. digits 64, cifar10 128; see ddpm_lite.train.RECIPES)")
+    g.add_argument("--lr", type=float, default=d.lr,
+                   help="peak learning rate (AdamW) (None: the recipe, e.g. digits 3e-3, cifar10 2e-4)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear LR warm-up steps")
     g.add_argument("--lr-schedule", default=d.lr_schedule, choices=("cosine", "constant"),
