@@ -47,14 +47,17 @@ _COEFFICIENTS = (
 )
 
 
-def linear_beta_schedule(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def linear_beta_schedule(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02,
+                         max_beta: float = 0.999) -> torch.Tensor:
     """β linear from 1e-4 to 0.02 at T = 1000 (Ho et al. 2020, §4).
 
     For other T the endpoints are scaled by 1000/T, so that the total amount of noise (and ᾱ_T ≈ 0) stays
-    about the same: a T = 100 schedule takes ten times bigger steps.
+    about the same: a T = 100 schedule takes ten times bigger steps. Below T = 20 the scaled β would reach 1
+    or more (ᾱ ≤ 0, NaNs downstream), so β is clipped at `max_beta` as in the cosine schedule.
     """
     scale = 1000.0 / timesteps
-    return torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
+    betas = torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
+    return betas.clamp(max=max_beta)
 
 
 def cosine_beta_schedule(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:

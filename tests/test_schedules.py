@@ -16,6 +16,14 @@ def test_linear_endpoints_follow_ho_et_al():
     assert float(short[0]) == pytest.approx(1e-3) and float(short[-1]) == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize("T", [2, 10, 20])
+def test_linear_short_chains_stay_valid(T):
+    """1000/T scaling would give β ≥ 1 below T = 20 (ᾱ ≤ 0): β is clipped at 0.999 instead."""
+    s = NoiseSchedule("linear", T)
+    assert float(s.betas.max()) <= 0.999 and bool((s.alphas_cumprod > 0).all())
+    assert torch.isfinite(s.sqrt_recip_alphas_cumprod).all() and float(s.alphas_cumprod[-1]) < 1e-2
+
+
 def test_cosine_matches_closed_form():
     T, s = 1000, 0.008
     betas = cosine_beta_schedule(T)
