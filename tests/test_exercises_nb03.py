@@ -130,3 +130,27 @@ def test_ema_warmup_accepts_solution(capsys):
 def test_ema_warmup_rejects_mistakes(fn, match):
     with pytest.raises(ExerciseError, match=match):
         nb03.check_ema_warmup(fn)
+
+
+# -- all checks ---------------------------------------------------------------------------------------------------
+
+def _todo(*args):
+    raise NotImplementedError()
+
+
+@pytest.mark.parametrize("check", [nb03.check_simple_loss, nb03.check_ema_update, nb03.check_ema_warmup])
+def test_student_placeholder_raises_not_implemented(check):
+    """The student copy's `raise NotImplementedError()` surfaces unchanged (not as a wrong answer)."""
+    with pytest.raises(NotImplementedError):
+        check(_todo)
+
+
+@pytest.mark.parametrize("check", [nb03.check_simple_loss, nb03.check_ema_update, nb03.check_ema_warmup])
+def test_checks_report_crashes_and_non_functions(check):
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    with pytest.raises(ExerciseError, match="RuntimeError: boom"):
+        check(broken)
+    with pytest.raises(ExerciseError, match="pass your function"):
+        check(0.5)
