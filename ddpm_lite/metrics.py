@@ -699,3 +699,43 @@ def evaluate_samples(images, labels=None, real_images=None, classifier=None, k: 
         "n_samples": int(feats.shape[0]),
         "n_real": int(half),
     }
+
+
+# -- within-class spread (notebook 07; appended by the notebooks 06/07 engineer) ------------------------------
+
+
+def within_class_spread(features, labels) -> float:
+    """Diversity within classes: the mean over classes c of tr Cov(f | c) = E‖f − E[f | c]‖², the average squared
+    distance of a class's feature vectors to their class mean (biased covariance, classes with < 2 members are
+    skipped).
+
+    Divide a model's value by the same number for real data (features from `extract_features`) to get a
+    diversity ratio: 1 = as varied as real digits, → 0 as guidance collapses each class onto a few prototypes.
+    """
+    f = _as_float64(features, "features")
+    labels = _labels_like(labels, f.shape[0])
+    if f.dim() != 2:
+        raise ValueError(f"features: expected a matrix [N, D], got shape {list(f.shape)}")
+    spreads = [float(((f[labels == c] - f[labels == c].mean(0)) ** 2).sum(1).mean())
+               for c in labels.unique().tolist() if int((labels == c).sum()) >= 2]
+    if not spreads:
+        raise ValueError("within_class_spread needs at least one class with two or more samples")
+    return float(np.mean(spreads))
+
+
+__all__ += ["within_class_spread"]
+
+
+def saturated_fraction(images, tol: float = 1e-3) -> torch.Tensor:
+    """Per image, the fraction of values at the edge of the data range, |x| ≥ 1 − tol ([B], float).
+
+    Measures the saturation that static clipping of x̂_0 causes at large guidance weights (notebook 07).
+    Images are ``B×…`` in [−1, 1].
+    """
+    x = torch.as_tensor(images)
+    if x.dim() < 2:
+        raise ValueError(f"images: expected a batch B×… with at least 2 dimensions, got shape {list(x.shape)}")
+    return (x.abs() >= 1 - tol).float().flatten(1).mean(dim=1)
+
+
+__all__ += ["saturated_fraction"]

@@ -576,3 +576,82 @@ def plot_value_histograms(values: Mapping, ax=None, bins: int = 80, range: tuple
 
 
 __all__ += ["show_class_grid", "plot_class_bias", "plot_guidance_tradeoff", "plot_value_histograms"]
+
+
+# --- notebook 06 ---
+# Timestep spacings of few-step samplers and the quality / seconds vs network-evaluations comparison (notebook 06:
+# fast sampling). Appended by the notebooks 06/07 engineer.
+
+
+def plot_timestep_spacings(num_timesteps: int, steps: int, spacings: Sequence[str] = ("linspace", "leading",
+                           "trailing", "logsnr"), alphas_cumprod=None, ax=None, title: str | None = None):
+    """Which timestep indices each spacing of `samplers.timestep_sequence` visits, one row per spacing.
+
+    Each row marks the ``steps`` visited indices (0-based, 0 … T−1) and, in the legend-free label at the left,
+    the first (noisiest) index. ``alphas_cumprod`` is needed for "logsnr". Returns the ``Axes``.
+    """
+    from .samplers import timestep_sequence
+
+    own = ax is None
+    if own:
+        _, ax = plt.subplots(figsize=(8.0, 0.45 * len(spacings) + 0.9))
+    labels = []
+    for row, name in enumerate(spacings):
+        seq = timestep_sequence(num_timesteps, steps, name, alphas_cumprod)
+        ax.scatter(seq, np.full(len(seq), row), s=22, marker="|" if steps > 60 else "o", zorder=3)
+        labels.append(f"{name} (first t = {seq[0]})")
+    ax.axvline(num_timesteps - 1, color="k", ls=":", lw=0.8)
+    ax.set_yticks(range(len(spacings)), labels)
+    ax.set_ylim(len(spacings) - 0.5, -0.5)
+    ax.set(xlim=(-0.02 * num_timesteps, 1.02 * num_timesteps), xlabel=f"timestep index t (T = {num_timesteps})")
+    ax.set_title(title or f"the {steps} timesteps each spacing visits")
+    if own:
+        ax.figure.tight_layout()
+    return ax
+
+
+def plot_sampler_benchmark(rows: Sequence[Mapping], axes=None, floor: float | None = None,
+                           floor_label: str = "real-data floor"):
+    """Quality and cost of samplers against the number of network evaluations (NFE), measured per run.
+
+    ``rows``: one dict per run with keys ``sampler`` (the curve it belongs to), ``nfe``, ``seconds`` and
+    optionally ``accuracy`` and ``fd`` (missing or None: not measured, e.g. a run timed on fewer samples).
+    Three panels, NFE on a log axis: class accuracy, Fréchet distance (``floor``: the FD of real data at the
+    same sample size as a dotted line, labelled ``floor_label``) and seconds (log–log). Returns the ``Figure``.
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("rows is empty")
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.3))
+    else:
+        fig = axes[0].figure
+    names = list(dict.fromkeys(r["sampler"] for r in rows))
+    for name in names:
+        sub = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["nfe"])
+        color = SAMPLER_COLORS.get(name)
+        for ax, key, scale in ((axes[0], "accuracy", 100.0), (axes[1], "fd", 1.0), (axes[2], "seconds", 1.0)):
+            pts = [(r["nfe"], scale * float(r[key])) for r in sub if r.get(key) is not None]
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, y, "o-", color=color, label=name, ms=5)
+    axes[0].set(ylabel="class accuracy (%)", title="fidelity: classified as the label")
+    axes[1].set(ylabel="Fréchet distance", title="FD to real digits (classifier features)")
+    if floor is not None:
+        axes[1].axhline(floor, color="k", ls=":", lw=1, label=floor_label)
+    axes[2].set(ylabel="seconds", title="wall-clock time", yscale="log")
+    nfe = [r["nfe"] for r in rows]
+    ticks = [v for v in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if min(nfe) <= v <= max(nfe)]
+    for ax in axes:
+        ax.set(xscale="log", xlabel="network evaluations (NFE)", xlim=(0.8 * min(nfe), 1.25 * max(nfe)))
+        ax.set_xticks(ticks, [str(v) for v in ticks])
+        ax.minorticks_off()
+        ax.legend(fontsize=8)
+    axes[1].set_ylim(0, None)
+    fig.tight_layout()
+    return fig
+
+
+SAMPLER_COLORS = {"DDPM": "#d62728", "DDIM η=1": "#9467bd", "DDIM": "#1f77b4", "DPM-Solver++(2M)": "#2ca02c"}
+
+__all__ += ["plot_timestep_spacings", "plot_sampler_benchmark", "SAMPLER_COLORS"]
