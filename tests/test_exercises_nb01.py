@@ -78,6 +78,16 @@ def test_q_sample_rejects_mistakes(wrong, match):
         nb01.check_q_sample(wrong)
 
 
+def test_q_sample_lets_the_student_placeholder_through():
+    """In the student copy the function body is `raise NotImplementedError()`: the cell must show that,
+    not a wrapped "your function raised ..." message."""
+    def placeholder(x0, t, noise, alphas_cumprod):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError):
+        nb01.check_q_sample(placeholder)
+
+
 def test_q_sample_needs_a_function():
     with pytest.raises(ExerciseError, match="function"):
         nb01.check_q_sample(torch.zeros(3))
@@ -115,3 +125,32 @@ def test_snr_crossing_accepts_solution(capsys):
 def test_snr_crossing_rejects_mistakes(wrong, match):
     with pytest.raises(ExerciseError, match=match):
         nb01.check_snr_crossing(wrong(nb01.snr_crossing("cosine")))
+
+
+# -- the student copy of notebook 01 ------------------------------------------------------------------------------
+
+def test_student_copy_of_notebook_01_has_every_solution_removed(tmp_path):
+    """tools/make_student.py leaves `raise NotImplementedError()` in each exercise cell of notebook 01 and keeps
+    the check that follows (executing the copy is done by hand: each exercise cell then raises
+    NotImplementedError, and only those cells)."""
+    import importlib.util
+    from pathlib import Path
+
+    import nbformat
+
+    repo = Path(__file__).resolve().parents[1]
+    src = repo / "notebooks" / "01_forward_noising.ipynb"
+    if not src.exists():
+        pytest.skip("notebooks/01_forward_noising.ipynb not built")
+    spec = importlib.util.spec_from_file_location("make_student", repo / "tools" / "make_student.py")
+    make_student = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_student)
+
+    assert make_student.make_student_copy(src, tmp_path / src.name) == 3
+    cells = [c for c in nbformat.read(tmp_path / src.name, as_version=4).cells if c.cell_type == "code"]
+    stripped = [c.source for c in cells if "raise NotImplementedError()" in c.source]
+    assert len(stripped) == 3
+    for source, check in zip(stripped, ("check_alpha_bar", "check_q_sample", "check_snr_crossing")):
+        assert f"nb01.{check}(" in source
+        assert "SOLUTION" not in source and "torch.cumprod" not in source and ".sqrt()" not in source
+    assert not any(c.outputs for c in cells if "raise NotImplementedError()" in c.source)
