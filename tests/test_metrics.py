@@ -1,0 +1,270 @@
+"""ddpm_lite.metrics on cases whose answer is known in advance.
+
+Fréchet distance against its closed form, the shipped digits classifier on held-out real digits,
+precision/recall at their extremes, bits/dim of an exact model against a useless one, and the error
+messages for bad input. Fast: everything runs on small tensors or the 1797 bundled digits.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from ddpm_lite import metrics
+from ddpm_lite.data import load_dataset
+from ddpm_lite.diffusion import GaussianDiffusion
+
+
+@pytest.fixture(scope="module")
+def digits_test():
+    ds = load_dataset("digits", split="test")
+    return ds.images.float(), ds.labels.long()
+
+
+@pytest.fixture(scope="module")
+def digits_train():
+    ds = load_dataset("digits", split="train")
+    return ds.images.float(), ds.labels.long()
+
+
+# -- Fréchet distance ----------------------------------------------------------------------------------------
+
+
+def closed_form_fd(mu1, s1, mu2, s2):
+    """‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) with scipy's general matrix square root (an independent route)."""
+    from scipy.linalg import sqrtm
+
+    covmean = sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def test_frechet_distance_of_identical_sets_is_zero():
+    feats = torch.randn(300, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert metrics.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-9)
+    # and numpy input works the same way
+    assert metrics.frechet_distance(feats.numpy(), feats.numpy()) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_from_stats_diagonal_closed_form():
+    # diagonal covariances: Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) = Σᵢ (√a_i − √b_i)²
+    mu1, mu2 = torch.tensor([0.0, 1.0, -2.0, 3.0]), torch.tensor([1.0, 1.0, 0.0, 3.5])
+    a, b = torch.tensor([1.0, 4.0, 0.25, 9.0]), torch.tensor([4.0, 1.0, 0.25, 1.0])
+    expected = float(((mu1 - mu2) ** 2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum())  # 5.25 + 6.0 = 11.25
+    assert expected == pytest.approx(11.25)
+    got = metrics.frechet_distance_from_stats(mu1, torch.diag(a), mu2, torch.diag(b))
+    assert got == pytest.approx(expected, rel=1e-10)
+    # symmetric in its two arguments
+    assert metrics.frechet_distance_from_stats(mu2, torch.diag(b), mu1, torch.diag(a)) == pytest.approx(expected)
+
+
+def test_frechet_distance_from_stats_full_covariances_match_scipy_sqrtm():
+    rng = np.random.default_rng(0)
+    d = 6
+    a, b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    s1, s2 = a @ a.T + 0.1 * np.eye(d), b @ b.T + 0.1 * np.eye(d)  # non-commuting SPD matrices
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    got = metrics.frechet_distance_from_stats(mu1, s1, mu2, s2)
+    assert got == pytest.approx(closed_form_fd(mu1, s1, mu2, s2), rel=1e-8)
+
+
+def test_frechet_distance_of_shifted_scaled_gaussian_samples():
+    # samples of N(0, I) and N(μ, s² I): FD → ‖μ‖² + D (1 − s)² as N grows
+    g = torch.Generator().manual_seed(1)
+    d, n, s = 4, 40_000, 2.0
+    mu = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=torch.float64)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = mu + s * torch.randn(n, d, generator=g, dtype=torch.float64)
+    expected = float((mu ** 2).sum()) + d * (1 - s) ** 2  # 2.25 + 4 = 6.25
+    assert metrics.frechet_distance(x, y) == pytest.approx(expected, rel=0.03)
+
+
+def test_feature_statistics_are_mean_and_unbiased_covariance():
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    mu, sigma = metrics.feature_statistics(x)
+    assert torch.allclose(mu, x.mean(0))
+    assert torch.allclose(sigma, torch.cov(x.T))
+
+
+def test_frechet_distance_rejects_mismatched_features():
+    with pytest.raises(ValueError, match="same D"):
+        metrics.frechet_distance(torch.zeros(10, 3), torch.zeros(10, 4))
+    with pytest.raises(ValueError, match="N >= 2"):
+        metrics.feature_statistics(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="covariance"):
+        metrics.frechet_distance_from_stats(torch.zeros(3), torch.eye(2), torch.zeros(3), torch.eye(3))
+
+
+# -- the shipped classifier ----------------------------------------------------------------------------------
+
+
+def test_shipped_classifier_is_accurate_on_held_out_digits(digits_test):
+    images, labels = digits_test
+    assert images.shape[1:] == (1, 8, 8) and len(images) > 300
+    acc = metrics.sample_accuracy(images, labels)
+    assert acc >= 0.97, f"held-out accuracy {acc:.4f} < 0.97"
+    per_class = metrics.per_class_accuracy(images, labels)
+    assert per_class.shape == (10,) and float(per_class.min()) >= 0.9
+
+
+def test_classify_returns_labels_and_probabilities(digits_test):
+    images, _ = digits_test
+    labels, probs = metrics.classify(images[:20], return_probs=True)
+    assert labels.dtype == torch.long and labels.shape == (20,)
+    assert probs.shape == (20, 10)
+    assert torch.allclose(probs.sum(1), torch.ones(20), atol=1e-5)
+    assert torch.equal(probs.argmax(1), labels)
+
+
+def test_real_test_images_score_like_real_data(digits_train, digits_test):
+    train_images, _ = digits_train
+    test_images, test_labels = digits_test
+    out = metrics.evaluate_samples(test_images, test_labels, real_images=train_images)
+    assert out["accuracy"] >= 0.97
+    assert out["n_samples"] == len(test_images)
+    # real held-out digits are as close to the real data as another real half of the same size
+    assert out["fd"] < 3 * out["fd_real_floor"] + 1.0, out
+    assert out["precision"] > 0.8 and out["recall"] > 0.8, out
+    # uniform noise is far away on every count
+    noise = torch.rand(len(test_images), 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    bad = metrics.evaluate_samples(noise, test_labels, real_images=train_images)
+    assert bad["fd"] > 10 * out["fd"] and bad["fd"] > out["fd"] + 10, (bad, out)
+    assert bad["precision"] < 0.2 and bad["accuracy"] < 0.5, bad
+
+
+def test_real_floor_is_small_and_reproducible(digits_train):
+    images, _ = digits_train
+    a = metrics.real_floor(300, real_images=images, seed=0)
+    assert a == metrics.real_floor(300, real_images=images, seed=0)
+    assert 0 < a < metrics.feature_frechet_distance(images[:300], -images[:300])
+    with pytest.raises(ValueError, match="disjoint halves"):
+        metrics.real_floor(len(images), real_images=images)
+
+
+# -- precision and recall ------------------------------------------------------------------------------------
+
+
+def test_precision_recall_of_a_set_against_itself_is_one():
+    feats = torch.randn(200, 8, generator=torch.Generator().manual_seed(3))
+    pr = metrics.precision_recall(feats, feats, k=3)
+    assert pr.precision == 1.0 and pr.recall == 1.0
+
+
+def test_precision_recall_of_disjoint_sets_is_zero():
+    g = torch.Generator().manual_seed(4)
+    real = torch.randn(200, 8, generator=g)
+    fake = torch.randn(200, 8, generator=g) + 50.0  # far away from every real point
+    pr = metrics.precision_recall(real, fake, k=3)
+    assert pr.precision == pytest.approx(0.0, abs=1e-12) and pr.recall == pytest.approx(0.0, abs=1e-12)
+
+
+def test_precision_recall_separate_quality_from_coverage():
+    # fakes drawn from only half of the real manifold: high precision (all plausible), low recall (half missing)
+    g = torch.Generator().manual_seed(5)
+    real = torch.cat([torch.randn(300, 2, generator=g), torch.randn(300, 2, generator=g) + 20])
+    fake = torch.randn(300, 2, generator=g)
+    pr = metrics.precision_recall(real, fake, k=3)
+    assert pr.precision > 0.9
+    assert 0.35 < pr.recall < 0.55
+
+
+def test_precision_recall_rejects_bad_k():
+    with pytest.raises(ValueError, match="k: expected"):
+        metrics.precision_recall(torch.randn(5, 2), torch.randn(5, 2), k=5)
+
+
+# -- bits per dimension --------------------------------------------------------------------------------------
+
+
+class _ExactSinglePoint(nn.Module):
+    """The optimal ε-predictor when the data is one image x*: ε = (x_t − √ᾱ_t x*) / √(1 − ᾱ_t)."""
+
+    def __init__(self, diffusion, x_star):
+        super().__init__()
+        self.diffusion, self.x_star = diffusion, x_star
+
+    def forward(self, x, t, y=None):
+        return self.diffusion.predict_eps_from_x0(x, t, self.x_star.expand_as(x))
+
+
+class _Zero(nn.Module):
+    def forward(self, x, t, y=None):
+        return torch.zeros_like(x)
+
+
+def test_bits_per_dim_exact_model_beats_zero_model(digits_test):
+    images, _ = digits_test
+    x_star = images[:1]
+    diffusion = GaussianDiffusion("linear", timesteps=100, data_levels=17)
+    batch = x_star.repeat(4, 1, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    exact = metrics.bits_per_dim(_ExactSinglePoint(diffusion, x_star), diffusion, batch, generator=gen,
+                                 progress=False, return_all=True)
+    zero = metrics.bits_per_dim(_Zero(), diffusion, batch, generator=gen, progress=False, return_all=True)
+    assert exact.shape == (4,) and torch.isfinite(exact).all()
+    assert float(exact.min()) >= 0.0
+    # every KL term vanishes for the exact model: only the prior and the decoder remain (≪ 1 bit per pixel)
+    assert float(exact.max()) < 0.1
+    assert float(zero.min()) > float(exact.max()) + 1.0, (exact, zero)
+    # the stratified Monte-Carlo estimate agrees with the full sum for the exact model
+    strat = metrics.bits_per_dim(_ExactSinglePoint(diffusion, x_star), diffusion, batch, timesteps=10,
+                                 generator=gen, progress=False)
+    assert strat == pytest.approx(float(exact.mean()), abs=0.05)
+
+
+def test_bits_per_dim_rejects_bad_input():
+    diffusion = GaussianDiffusion("linear", timesteps=10)
+    with pytest.raises(ValueError, match="timesteps"):
+        metrics.bits_per_dim(_Zero(), diffusion, torch.zeros(2, 1, 8, 8), timesteps=1, progress=False)
+    with pytest.raises(ValueError, match="images"):
+        metrics.bits_per_dim(_Zero(), diffusion, [0.0, 1.0], progress=False)
+
+
+# -- clear errors for bad input ------------------------------------------------------------------------------
+
+
+def test_wrong_image_shape_names_the_expected_shape():
+    with pytest.raises(ValueError, match=r"B×1×8×8.*\[4, 3, 8, 8\]"):
+        metrics.classify(torch.zeros(4, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"B×1×8×8"):
+        metrics.sample_accuracy(torch.zeros(4, 8, 8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"B×1×8×8"):
+        metrics.feature_frechet_distance(torch.zeros(4, 1, 28, 28), torch.zeros(4, 1, 28, 28))
+
+
+def test_bad_values_and_labels_are_explained():
+    with pytest.raises(ValueError, match=r"x / 127.5 - 1"):
+        metrics.classify(torch.full((2, 1, 8, 8), 255.0))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.classify(torch.full((2, 1, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="at least one image"):
+        metrics.classify(torch.zeros(0, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"expected 3 integer class labels"):
+        metrics.sample_accuracy(torch.zeros(3, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+
+
+def test_missing_classifier_says_how_to_make_it(tmp_path, monkeypatch):
+    with pytest.raises(metrics.ClassifierNotFoundError, match="tools/train_classifier.py"):
+        metrics.load_classifier(path=tmp_path / "nowhere")
+    monkeypatch.setenv("DDPM_LITE_ASSETS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"train_classifier.py --dataset digits"):
+        metrics.load_classifier("digits", cache=False)
+
+
+def test_unknown_classifier_preset_is_rejected():
+    with pytest.raises(ValueError, match="classifier preset"):
+        metrics.build_classifier("imagenet")
+
+
+def test_fid_without_inception_backends_raises_a_clear_error(monkeypatch):
+    # simulate a machine without torchmetrics / torch-fidelity (or one that cannot download the weights)
+    monkeypatch.setitem(sys.modules, "torchmetrics", None)
+    monkeypatch.setitem(sys.modules, "torchmetrics.image", None)
+    monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", None)
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
+    x = torch.zeros(4, 1, 8, 8)
+    with pytest.raises(metrics.MetricUnavailableError, match="feature_frechet_distance"):
+        metrics.fid_inception(x, x)
+    with pytest.raises(ValueError, match="B×1×H×W or B×3×H×W"):
+        metrics.fid_inception(torch.zeros(4, 2, 8, 8), x)
