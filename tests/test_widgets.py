@@ -131,7 +131,7 @@ def test_noise_explorer_never_creates_figures(images):
     w.dropdown.value = "sigmoid"
     assert w.fig is fig
     assert plt.get_fignums() == pyplot_before
-    assert n_figures() == figures_before
+    assert n_figures() <= figures_before  # none created (earlier tests' figures may be freed meanwhile)
 
 
 def test_noise_explorer_rejects_bad_input(images):
@@ -213,7 +213,7 @@ def test_scrubber_never_creates_figures(steps):
         w.slider.value = k
     assert w.fig is fig and w.renders == 5
     assert plt.get_fignums() == pyplot_before
-    assert n_figures() == figures_before
+    assert n_figures() <= figures_before  # none created (earlier tests' figures may be freed meanwhile)
 
 
 def test_scrubber_rejects_bad_input(steps):
