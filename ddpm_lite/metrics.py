@@ -701,7 +701,7 @@ def evaluate_samples(images, labels=None, real_images=None, classifier=None, k: 
     }
 
 
-# -- within-class spread (notebook 07; appended by the notebooks 06/07 engineer) ------------------------------
+# -- within-class spread (notebook 07) ------------------------------
 
 
 def within_class_spread(features, labels) -> float:

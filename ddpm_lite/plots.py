@@ -9,7 +9,6 @@ Conventions (see docs/COURSE_CONVENTIONS.md):
   place;
 * ``setup()`` sets a modest dpi (72) so that executed notebooks stay small.
 
-Other engineers may append their own helpers at the end of this file, below the marked line.
 """
 
 from __future__ import annotations
@@ -447,14 +446,9 @@ def plot_trajectories(trajectory, ax=None, n: int = 64, lim: float | None = 2.5,
     return ax
 
 
-# ==============================================================================================================
-# Helpers added by other engineers go below this line (append only).
-# ==============================================================================================================
-
-
 # --- notebooks 04 and 07 ---
 # Class-conditional sample grids, the class-embedding bias, the guidance fidelity/diversity curve and x̂_0
-# value histograms (notebook 04: class conditioning, notebook 07: guidance). Appended by the 04/07 engineer.
+# value histograms (notebook 04: class conditioning, notebook 07: guidance)
 
 
 def show_class_grid(images, n_rows: int, ax=None, row_labels: Sequence | None = None, title: str | None = None,
@@ -580,7 +574,7 @@ __all__ += ["show_class_grid", "plot_class_bias", "plot_guidance_tradeoff", "plo
 
 # --- notebook 06 ---
 # Timestep spacings of few-step samplers and the quality / seconds vs network-evaluations comparison (notebook 06:
-# fast sampling). Appended by the notebooks 06/07 engineer.
+# fast sampling)
 
 
 def plot_timestep_spacings(num_timesteps: int, steps: int, spacings: Sequence[str] = ("linspace", "leading",

@@ -12,8 +12,8 @@ Every widget here follows the same recipe (docs/COURSE_CONVENTIONS.md):
 * the heavy work is done up front (fixed noise, every sampling step computed once), so scrubbing is
   responsive on a CPU.
 
-Sections: shared helpers, `NoiseStepExplorer` (notebook 01), `SamplingScrubber` (notebook 05). Other
-engineers append their widgets at the end of the file, below the marked line.
+Sections: shared helpers, `NoiseStepExplorer` (notebook 01), `SamplingScrubber` (notebook 05),
+`GuidanceExplorer` (notebooks 04 and 07), `SamplerExplorer` (notebook 06).
 """
 
 from __future__ import annotations
@@ -424,14 +424,9 @@ class SamplingScrubber(widgets.VBox):
         )
 
 
-# ==============================================================================================================
-# Widgets added by other engineers go below this line (append only).
-# ==============================================================================================================
-
-
 # --- notebooks 04 and 07 ---
 # GuidanceExplorer: a slider over the classifier-free guidance weight w (notebook 04: class conditioning,
-# notebook 07: guidance, thresholding). Appended by the notebooks 04/07 engineer.
+# notebook 07: guidance, thresholding)
 
 
 class GuidanceExplorer(widgets.VBox):
@@ -667,7 +662,7 @@ __all__ += ["GuidanceExplorer"]
 
 # --- notebook 06 ---
 # SamplerExplorer: pick a sampler and a number of steps, see the samples and the seconds they took (notebook 06:
-# fast sampling). Appended by the notebooks 06/07 engineer.
+# fast sampling)
 
 
 import time  # noqa: E402  (used by SamplerExplorer only)
