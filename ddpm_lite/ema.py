@@ -79,15 +79,21 @@ class EMA:
         model = unwrap_model(model)
         d = self.current_decay()
         shadow_params = dict(self.module.named_parameters())
+        floats_s, floats_p = [], []
         for name, p in model.named_parameters():
             s = shadow_params.get(name)
             if s is None:
                 raise ValueError(f"EMA.update: parameter {name!r} is not in the EMA copy; was the model changed "
                                  f"after the EMA was created? Create the EMA from the final model.")
             if s.is_floating_point():
-                s.lerp_(p.detach().to(s.dtype), 1.0 - d)  # s + (1 - d)(p - s) = d s + (1 - d) p
+                floats_s.append(s)
+                floats_p.append(p.detach().to(s.dtype))
             else:
                 s.copy_(p)
+        if floats_s:
+            # s + (1 - d)(p - s) = d s + (1 - d) p, for all parameters in one multi-tensor kernel (on the CPU
+            # a Python loop of ~100 small lerp_ calls costs a few percent of a digits training step)
+            torch._foreach_lerp_(floats_s, floats_p, 1.0 - d)
         shadow_buffers = dict(self.module.named_buffers())
         for name, b in model.named_buffers():
             if name in shadow_buffers:
