@@ -62,13 +62,20 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm → SiLU → conv3×3, add the projected embedding, GroupNorm → SiLU → dropout → conv3×3, + skip."""
+    """GroupNorm → SiLU → conv3×3, add the projected embedding, GroupNorm → SiLU → dropout → conv3×3, + skip.
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int):
+    With ``scale_shift=True`` the embedding instead modulates the second norm, ``GroupNorm(h)·(1 + s) + b``
+    ("adaptive group normalization", Nichol & Dhariwal 2021 §3 / Dhariwal & Nichol 2021 §3, their
+    ``use_scale_shift_norm``): the time and class can then scale features, not only shift them.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int,
+                 scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = nn.GroupNorm(num_groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, out_ch)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
         self.norm2 = nn.GroupNorm(num_groups, out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
@@ -77,8 +84,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        e = self.emb_proj(F.silu(emb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -104,25 +116,30 @@ class Attention(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3×3 conv: H×W -> ceil(H/2)×ceil(W/2)."""
+    """H×W -> ceil(H/2)×ceil(W/2): a stride-2 3×3 conv, or 2×2 average pooling when ``with_conv=False``
+    (Ho et al.'s ``resamp_with_conv`` switch)."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, with_conv: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1) if with_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv is None:
+            return F.avg_pool2d(x, 2, ceil_mode=True)  # a ragged edge averages the pixels it has
         return self.conv(x)
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour upsampling to an exact target size (the skip's size), then a 3×3 conv."""
+    """Nearest-neighbour upsampling to an exact target size (the skip's size), then a 3×3 conv (none when
+    ``with_conv=False``)."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, with_conv: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1) if with_conv else None
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+        x = F.interpolate(x, size=size, mode="nearest")
+        return self.conv(x) if self.conv is not None else x
 
 
 class UNet(nn.Module):
@@ -142,6 +159,10 @@ class UNet(nn.Module):
         num_groups: GroupNorm groups (every level's channel count must be divisible by it).
         num_classes: None for an unconditional model, else the number of classes; index ``num_classes``
             is the learned null class.
+        resample_with_conv: a 3×3 conv in every down- and upsampling (Ho et al.'s ``resamp_with_conv``,
+            default); False uses plain 2×2 average pooling and nearest-neighbour upsampling.
+        scale_shift_norm: condition every ResBlock by scaling and shifting its second GroupNorm's output
+            (AdaGN, Nichol & Dhariwal 2021) instead of adding the embedding (Ho et al. 2020, default).
     """
 
     def __init__(
@@ -157,6 +178,8 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         num_groups: int = 32,
         num_classes: int | None = None,
+        resample_with_conv: bool = True,
+        scale_shift_norm: bool = False,
     ):
         super().__init__()
         H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -178,6 +201,8 @@ class UNet(nn.Module):
             dropout=dropout,
             num_groups=num_groups,
             num_classes=num_classes,
+            resample_with_conv=resample_with_conv,
+            scale_shift_norm=scale_shift_norm,
         )
         self.image_size = (H, W)
         self.in_channels = in_channels
@@ -193,7 +218,7 @@ class UNet(nn.Module):
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
 
         def block(cin, cout):
-            return ResBlock(cin, cout, emb_dim, dropout, num_groups)
+            return ResBlock(cin, cout, emb_dim, dropout, num_groups, scale_shift_norm)
 
         def attn(ch):
             return Attention(ch, num_heads, num_groups)
@@ -218,7 +243,7 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList(layers))
                 skip_channels.append(ch)
             if level != len(channel_mults) - 1:
-                self.down.append(Downsample(ch))
+                self.down.append(Downsample(ch, resample_with_conv))
                 skip_channels.append(ch)
 
         self.mid = nn.ModuleList([block(ch, ch), attn(ch), block(ch, ch)])
@@ -234,7 +259,7 @@ class UNet(nn.Module):
                     layers.append(attn(ch))
                 self.up.append(nn.ModuleList(layers))
             if level != 0:
-                self.up.append(Upsample(ch))
+                self.up.append(Upsample(ch, resample_with_conv))
 
         self.norm_out = nn.GroupNorm(num_groups, ch)
         self.conv_out = zero_module(nn.Conv2d(ch, out_channels, 3, padding=1))

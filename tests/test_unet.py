@@ -51,6 +51,43 @@ def test_attention_placement_follows_min_side():
     assert sum(isinstance(mod, Attention) for mod in m.modules()) == 1 + 2 + 1
 
 
+
+@pytest.mark.parametrize("size", [8, 7, (8, 12), (7, 5)])
+def test_resample_without_conv(size):
+    """resample_with_conv=False: no conv in Down/Upsample (fewer parameters), ragged sizes still round-trip."""
+    from ddpm_lite.unet import Downsample, Upsample
+
+    H, W = (size, size) if isinstance(size, int) else size
+    with_conv, without = small_unet(size), small_unet(size, resample_with_conv=False)
+    down = [m for m in without.modules() if isinstance(m, (Downsample, Upsample))]
+    assert len(down) == 2 and all(m.conv is None for m in down)
+    n_conv = sum(p.numel() for m in with_conv.modules() if isinstance(m, (Downsample, Upsample)) for p in m.parameters())
+    assert sum(p.numel() for p in with_conv.parameters()) - sum(p.numel() for p in without.parameters()) == n_conv > 0
+    x = torch.randn(2, 1, H, W)
+    assert randomize_(without)(x, torch.tensor([3, 700])).shape == x.shape
+    # 2x2 average pooling with a ragged edge: the last row/column averages only the pixels it has
+    pooled = Downsample(1, with_conv=False)(torch.arange(9.0).reshape(1, 1, 3, 3))
+    assert torch.allclose(pooled, torch.tensor([[[[2.0, 3.5], [6.5, 8.0]]]]))
+
+
+def test_scale_shift_norm_modulates_with_time_and_class():
+    """AdaGN: the embedding scales and shifts the second GroupNorm; a zero projection leaves the plain norm."""
+    from ddpm_lite.unet import ResBlock
+
+    block = ResBlock(8, 8, emb_dim=16, dropout=0.0, num_groups=4, scale_shift=True)
+    assert block.emb_proj.out_features == 16  # a scale and a shift per channel
+    randomize_(block)
+    x, emb = torch.randn(3, 8, 4, 4), torch.randn(3, 16)
+    with torch.no_grad():
+        h = block.conv1(torch.nn.functional.silu(block.norm1(x)))
+        scale, shift = block.emb_proj(torch.nn.functional.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        expected = block.skip(x) + block.conv2(torch.nn.functional.silu(block.norm2(h) * (1 + scale) + shift))
+        assert torch.allclose(block(x, emb), expected, atol=1e-6)
+    m = randomize_(small_unet(num_classes=10, scale_shift_norm=True)).eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 10])
+    assert not torch.allclose(m(x, t, torch.tensor([1, 1])), m(x, t, torch.tensor([2, 2])))
+    assert UNet(**json.loads(json.dumps(m.config))).config["scale_shift_norm"] is True
+
 def test_out_channels_and_zero_init():
     m = small_unet(8, in_channels=1, out_channels=2)
     out = m(torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3]))
