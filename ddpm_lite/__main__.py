@@ -33,6 +33,10 @@ def _optional_float(text: str):
     return None if text.lower() in ("none", "") else float(text)
 
 
+def _gamma(text: str):
+    return text.lower() if text.lower() == "auto" else _optional_float(text)
+
+
 def _optional_int(text: str):
     return None if text.lower() in ("none", "") else int(text)
 
@@ -64,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", default=d.schedule, help="noise schedule: linear, cosine or sigmoid")
     g.add_argument("--parameterization", default=d.parameterization, help="model target: eps, x0 or v")
     g.add_argument("--loss-type", default=d.loss_type, help="l2, l1 or huber")
-    g.add_argument("--min-snr-gamma", type=_optional_float, default=d.min_snr_gamma,
-                   help="min-SNR-gamma loss weighting (Hang et al. 2023); none = plain L_simple of Ho et al.")
+    g.add_argument("--min-snr-gamma", type=_gamma, default=d.min_snr_gamma,
+                   help="min-SNR-gamma loss weighting (Hang et al. 2023); none = plain L_simple of Ho et al.; "
+                        "auto = the recipe for the preset/dataset (1 for digits, else 5)")
     g = t.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="batch size per process and micro-step (None: the recipe for the preset/dataset, "

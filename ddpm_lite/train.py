@@ -56,11 +56,13 @@ LR_SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "off")
 
 
-# Batch size and peak LR per model preset (or dataset, with preset="auto"), used where TrainConfig leaves
-# them None. digits: tuned for the most quality in a 60-second CPU run (many small steps, a high LR, min-SNR
-# weighting; see benchmarks/quality.py); cifar10: Ho et al. 2020's 2e-4 with batch 128; mnist in between.
+# Batch size, peak LR and min-SNR γ per model preset (or dataset, with preset="auto"), used where TrainConfig
+# leaves batch_size / lr None or min_snr_gamma "auto". digits: tuned for the most quality in a 60-second CPU
+# run (many small steps, a high LR, min-SNR γ = 1; see the tuning log in benchmarks/README.md); cifar10: Ho
+# et al. 2020's 2e-4 with batch 128; mnist in between. γ = 5 (Hang et al. 2023's choice) unless a recipe says
+# otherwise.
 RECIPES: dict[str, dict] = {
-    "digits": dict(batch_size=64, lr=3e-3),
+    "digits": dict(batch_size=64, lr=3e-3, min_snr_gamma=1.0),
     "mnist": dict(batch_size=128, lr=5e-4),
     "fashion_mnist": dict(batch_size=128, lr=5e-4),
     "cifar10": dict(batch_size=128, lr=2e-4),
@@ -68,6 +70,8 @@ RECIPES: dict[str, dict] = {
     **{name: dict(batch_size=256, lr=1e-3) for name in ("moons", "swiss_roll", "gmm")},
 }
 DEFAULT_RECIPE = dict(batch_size=128, lr=1e-3)
+DEFAULT_MIN_SNR_GAMMA = 5.0
+_RECIPE_UNSET = {"batch_size": None, "lr": None, "min_snr_gamma": "auto"}  # the values a recipe fills in
 
 
 @dataclass
@@ -86,7 +90,8 @@ class TrainConfig:
     schedule: str = "linear"
     parameterization: str = "eps"
     loss_type: str = "l2"
-    min_snr_gamma: float | None = 5.0     # min-SNR-γ loss weighting (Hang et al. 2023); None = plain L_simple
+    min_snr_gamma: float | str | None = "auto"  # min-SNR-γ loss weighting (Hang et al. 2023); None = plain
+                                          # L_simple; "auto" = the recipe below (5, digits 1)
     # optimisation
     batch_size: int | None = None         # per process and micro-step (None: the recipe below); the effective
                                           # batch is batch_size * grad_accum * world_size
@@ -123,9 +128,10 @@ class TrainConfig:
     resume: str | None = None             # a checkpoint or run directory to continue from
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every `None` that has a recipe (batch_size, lr) filled in from `RECIPES`."""
-        recipe = RECIPES.get(self.preset if self.preset != "auto" else self.dataset, DEFAULT_RECIPE)
-        values = {k: v for k, v in recipe.items() if getattr(self, k) is None}
+        """A copy with batch_size / lr left None and min_snr_gamma left "auto" filled in from `RECIPES`."""
+        recipe = {"min_snr_gamma": DEFAULT_MIN_SNR_GAMMA,
+                  **RECIPES.get(self.preset if self.preset != "auto" else self.dataset, DEFAULT_RECIPE)}
+        values = {k: v for k, v in recipe.items() if getattr(self, k) == _RECIPE_UNSET[k]}
         return replace(self, **values) if values else self
 
     def validate(self) -> "TrainConfig":
@@ -138,6 +144,8 @@ class TrainConfig:
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.min_snr_gamma is None or (isinstance(self.min_snr_gamma, (int, float)) and self.min_snr_gamma > 0),
+             f"min_snr_gamma must be a positive number, None (off) or 'auto' (the recipe), got {self.min_snr_gamma!r}")
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         need(0.0 <= self.label_dropout < 1.0, f"label_dropout must be in [0, 1), got {self.label_dropout}")
         need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")

@@ -125,6 +125,9 @@ def test_every_flag_has_help_text_and_shows_its_default():
         assert "(default: " in p.format_help()
     args = parser.parse_args(["train"])  # no flags: class-conditional digits for 60 s
     assert (args.dataset, args.conditional, args.max_seconds, args.max_steps) == ("digits", True, 60.0, None)
+    assert args.min_snr_gamma == "auto"  # the recipe decides (TrainConfig.resolved)
+    for text, value in (("none", None), ("AUTO", "auto"), ("2.5", 2.5)):
+        assert parser.parse_args(["train", "--min-snr-gamma", text]).min_snr_gamma == value
 
 
 def test_module_entry_point_exits_2_without_traceback(tmp_path):

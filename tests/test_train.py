@@ -152,11 +152,30 @@ def test_default_digits_model_from_config():
     assert trainer.step == 1
 
 
+def test_recipes_fill_only_what_is_left_unset():
+    from ddpm_lite.train import DEFAULT_MIN_SNR_GAMMA, RECIPES
+
+    digits = TrainConfig().resolved()
+    assert (digits.batch_size, digits.lr, digits.min_snr_gamma) == (
+        RECIPES["digits"]["batch_size"], RECIPES["digits"]["lr"], RECIPES["digits"]["min_snr_gamma"])
+    assert TrainConfig(dataset="cifar10").resolved().min_snr_gamma == DEFAULT_MIN_SNR_GAMMA
+    assert TrainConfig(preset="mnist", dataset="digits").resolved().lr == RECIPES["mnist"]["lr"]
+    # explicit values win; None keeps min-SNR off (plain L_simple), it is not "unset"
+    mine = TrainConfig(batch_size=7, lr=1e-4, min_snr_gamma=None).resolved()
+    assert (mine.batch_size, mine.lr, mine.min_snr_gamma) == (7, 1e-4, None)
+    assert TrainConfig(min_snr_gamma=2.5).resolved().min_snr_gamma == 2.5
+    trainer = Trainer(TrainConfig(out_dir=None, progress=False, max_steps=0, model_kwargs={"base_channels": 16}))
+    assert trainer.diffusion.min_snr_gamma == RECIPES["digits"]["min_snr_gamma"]
+    assert trainer.config.min_snr_gamma == RECIPES["digits"]["min_snr_gamma"]  # saved resolved, not "auto"
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(max_steps=None, max_seconds=None), "never stops"),
     (dict(lr_schedule="linear"), "unknown lr_schedule"),
     (dict(amp="fp8"), "unknown amp"),
     (dict(batch_size=0), "batch_size"),
+    (dict(min_snr_gamma=0.0), "min_snr_gamma"),
+    (dict(min_snr_gamma="five"), "min_snr_gamma"),
     (dict(label_dropout=1.0), "label_dropout"),
     (dict(preset="huge"), "unknown preset"),
     (dict(dataset="imagenet"), "unknown dataset"),
