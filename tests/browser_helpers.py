@@ -294,6 +294,7 @@ class LabServer:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     stopped: bool = False
+    command: list[str] | None = None  # how to start JupyterLab (default: this interpreter, --allow-root)
 
     @property
     def url(self) -> str:
@@ -312,9 +313,8 @@ class LabServer:
         """Start the server on a free port in its own process group; returns at once (see `wait_ready`)."""
         self.port = free_port()
         self.log_path = self.base / "jupyter-server.log"
-        cmd = [
-            sys.executable, "-m", "jupyterlab",
-            "--no-browser", "--allow-root",
+        cmd = list(self.command or [sys.executable, "-m", "jupyterlab", "--allow-root"]) + [
+            "--no-browser",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={self.root_dir}",
