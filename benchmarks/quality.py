@@ -1,16 +1,18 @@
-"""The digits quality benchmark (issue 3): train with the CLI, sample, score with ddpm_lite.metrics.
+"""The sample-quality benchmark: train with the CLI, sample, score with ddpm_lite.metrics.
 
-    python benchmarks/quality.py                                   # train 60 s (CLI defaults), then score
+    python benchmarks/quality.py                                   # digits: train 60 s (CLI defaults), then score
     python benchmarks/quality.py --checkpoint assets/checkpoints/digits   # score an existing checkpoint
+    python benchmarks/quality.py --checkpoint assets/checkpoints/mnist5k  # 28×28 (the dataset comes from it)
+    python benchmarks/quality.py --dataset mnist5k --seconds 600    # train 28×28 digits for 10 minutes
     python benchmarks/quality.py --seconds 120 --n 1000 --device cuda
 
 What it runs, through the command line a user would type:
 
-    python -m ddpm_lite train --dataset digits --max-seconds 60 --out <tmp>        (default settings otherwise)
+    python -m ddpm_lite train --dataset <digits|mnist5k> --max-seconds 60 --out <tmp>  (default settings otherwise)
     python -m ddpm_lite sample --checkpoint <tmp> --sampler ddim --steps 50 --n 500 --labels 0,...,9 \
         --guidance 0 --seed 0 --out <tmp>/samples.png --save-array <tmp>/samples.npz
 
-then prints, for the 500 class-conditional DDIM-50 samples (no guidance): the digits classifier's accuracy
+then prints, for the 500 class-conditional DDIM-50 samples (no guidance): the dataset's classifier's accuracy
 on them (does a sample generated as a 3 look like a 3?), the Fréchet distance in the classifier's feature
 space (FD, not FID) beside the real-vs-real floor at the same sample size, and precision / recall
 (Kynkäänniemi et al. 2019, k = 3), all from `ddpm_lite.metrics.evaluate_samples`.
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default=None,
                    help="score this checkpoint / run directory instead of training one")
+    p.add_argument("--dataset", default=None, choices=("digits", "mnist5k"),
+                   help="dataset to train on (default digits); with --checkpoint, taken from the checkpoint")
     p.add_argument("--seconds", type=float, default=60.0, help="training budget (--max-seconds of the CLI)")
     p.add_argument("--n", type=int, default=500, help="number of samples (labels 0..9 repeated)")
     p.add_argument("--sampler", default="ddim", choices=("ddim", "dpmpp2m", "ddpm"), help="sampler")
@@ -66,7 +70,7 @@ def main(argv=None) -> int:
     try:
         if args.checkpoint is None:
             run = work / "run"
-            cmd = ["train", "--dataset", "digits", "--max-seconds", f"{args.seconds:g}", "--out", str(run),
+            cmd = ["train", "--dataset", args.dataset or "digits", "--max-seconds", f"{args.seconds:g}", "--out", str(run),
                    "--device", args.device, "--no-progress", *threads, *args.train_args.split()]
             with C.timer() as wall:
                 proc = C.run_cli(cmd, threads=args.threads)
@@ -77,6 +81,9 @@ def main(argv=None) -> int:
         else:
             checkpoint = Path(args.checkpoint)
         config = load_config(checkpoint)
+        dataset = config.get("extra", {}).get("dataset") or args.dataset or "digits"
+        if args.dataset and dataset != args.dataset:
+            raise SystemExit(f"--dataset {args.dataset} but the checkpoint was trained on {dataset}")
         labels = ",".join(str(i) for i in range(10))
         array = work / "samples.npz"
         cmd = ["sample", "--checkpoint", str(checkpoint), "--sampler", args.sampler, "--n", str(args.n),
@@ -88,7 +95,8 @@ def main(argv=None) -> int:
             C.run_cli(cmd, threads=args.threads)
         data = np.load(array)
         images, sample_labels = torch.from_numpy(data["images"]), torch.from_numpy(data["labels"])
-        scores = metrics.evaluate_samples(images, sample_labels)
+        scores = metrics.evaluate_samples(images, sample_labels, classifier=dataset)
+        scores["classifier_accuracy"] = metrics.load_classifier(dataset).metadata.get("test_accuracy", float("nan"))
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -107,19 +115,20 @@ def main(argv=None) -> int:
              f"{model_cfg.get('channel_mults')}, {model_cfg.get('num_res_blocks')} res block(s)"
              + (f", {params:,} parameters" if params else "") + "; samples from the EMA weights, labels 0..9 "
              f"repeated, seed {args.seed}. Sampling seconds include starting the CLI (about 3–10 s).",
-             "accuracy: the shipped digits classifier (99.15% on real held-out digits) agrees with the intended "
+             f"accuracy: the shipped {dataset} classifier ({scores.get('classifier_accuracy', float('nan')):.2%} on "
+             "real held-out digits) agrees with the intended "
              "label. FD: Fréchet distance in that classifier's 64-d feature space (not FID) against one half of "
              f"the real training digits ({scores['n_real']} images); the floor is FD between the other real half "
              "(cut to the number of samples) and the same half, i.e. what a perfect generator scores. "
              "precision / recall: k-NN manifolds, k = 3, against the same real half."]
     if args.checkpoint is None:
-        notes.insert(0, f"Training: `python -m ddpm_lite train --dataset digits --max-seconds {args.seconds:g}` "
+        notes.insert(0, f"Training: `python -m ddpm_lite train --dataset {dataset} --max-seconds {args.seconds:g}` "
                         f"(defaults otherwise{'; extra: ' + args.train_args if args.train_args else ''}), "
                         f"{train_info.get('steps')} steps; wall time with start-up {train_info['train_wall_s']:.0f} s.")
     if args.json:
         Path(args.json).write_text(json.dumps({**scores, **train_info, "sampling_s": sample_s(),
                                                "sampler": steps_name, "guidance": args.guidance}, indent=2))
-    C.print_summary(f"Digits sample quality ({steps_name}, {scores['n_samples']} samples)", C.machine_line(device),
+    C.print_summary(f"{dataset} sample quality ({steps_name}, {scores['n_samples']} samples)", C.machine_line(device),
                     C.command_line(), C.markdown_table(headers, rows), notes)
     return 0
 
