@@ -1,11 +1,13 @@
 # ddpm-lite: two commands for a fresh machine.
 #   make lab    set up .venv from requirements.txt and open the course in JupyterLab
 #   make test   set up the same .venv and run the whole test suite (unit tests + every notebook)
+#   make sync       bring each notebooks/NN_name.py and its .ipynb back in step (jupytext; the newer file wins)
+#   make notebooks  sync, then re-execute every notebook in place (the committed .ipynb keep their outputs)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv lab test test-browser student clean
+.PHONY: venv lab test test-browser student sync notebooks clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,18 @@ test: venv
 
 test-browser: venv
 	$(PY) -m pytest -m browser tests/
+
+# every pair by its .ipynb, plus any new notebooks/NN_name.py that has no .ipynb yet (sync creates it)
+NB_IPYNB := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
+NB_SYNC := $(sort $(NB_IPYNB) $(filter-out $(NB_IPYNB:.ipynb=.py),$(wildcard notebooks/[0-9][0-9]_*.py)))
+
+sync: venv
+	$(VENV)/bin/jupytext --sync $(NB_SYNC)
+
+notebooks: sync
+	for nb in notebooks/[0-9][0-9]_*.ipynb; do \
+		$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 $$nb || exit 1; \
+	done
 
 student: venv
 	$(PY) tools/make_student.py --src notebooks --out student
