@@ -29,6 +29,15 @@
 # *Run time: about a minute on a 2-core laptop CPU (all of it sampling for the measurements of section 5).*
 
 # %%
+# Settings for the measurements of section 5 (sized so the notebook runs in about a minute on 2 CPU cores).
+# They use N_EVAL samples (N_EVAL // 10 of each digit), all starting from the same noise x_T. More samples
+# give steadier numbers: on a GPU try N_EVAL = 2000.
+N_EVAL = 60
+ETA1_STEPS = (2, 3, 5, 10)              # step counts (= network evaluations) for DDIM η=1 (DDPM's update)
+DDIM_STEPS = (2, 3, 5, 10, 20, 50)      # ... for deterministic DDIM
+DPM_STEPS = (2, 3, 5, 10, 20)           # ... for DPM-Solver++(2M)
+
+# %%
 import time
 from pathlib import Path
 
@@ -55,9 +64,7 @@ alpha_bar = diffusion.schedule.alphas_cumprod          # ᾱ_t, float64, t = 0 �
 print(f"{diffusion}; model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
 assert T == 1000 and model.num_classes == 10
 
-# The measurements of section 5 use N_EVAL samples (N_EVAL // 10 of each digit), all starting from the same
-# noise x_T. More samples give steadier numbers: on a GPU try N_EVAL = 2000.
-N_EVAL = 60
+# the same N_EVAL starting noises x_T and labels (one tenth of each digit) for every measurement of section 5
 labels = torch.arange(10).repeat(N_EVAL // 10)
 x_T = torch.randn(N_EVAL, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -366,9 +373,9 @@ real_test = load_dataset("digits", split="test").images
 fd_floor = metrics.feature_frechet_distance(real_test[:N_EVAL], real_train, classifier)
 acc_real = metrics.sample_accuracy(real_test[:N_EVAL], load_dataset("digits", split="test").labels[:N_EVAL],
                                    classifier)
-RUNS = [("DDIM η=1", "ddim", 1.0, s) for s in (2, 3, 5, 10)] + \
-       [("DDIM", "ddim", 0.0, s) for s in (2, 3, 5, 10, 20, 50)] + \
-       [("DPM-Solver++(2M)", "dpmpp2m", 0.0, s) for s in (2, 3, 5, 10, 20)]
+RUNS = [("DDIM η=1", "ddim", 1.0, s) for s in ETA1_STEPS] + \
+       [("DDIM", "ddim", 0.0, s) for s in DDIM_STEPS] + \
+       [("DPM-Solver++(2M)", "dpmpp2m", 0.0, s) for s in DPM_STEPS]
 
 
 def run(sampler, eta, steps, n=N_EVAL):
@@ -416,7 +423,7 @@ print(f"best accuracy: {100 * best['accuracy']:.0f}% ({best['sampler']}, {best['
       f"DDIM at 50 NFE: {100 * ddim50['accuracy']:.0f}%, FD {ddim50['fd']:.2f}, {ddim50['seconds']:.1f} s "
       f"(1000-step DDPM: about {by[('DDPM', T)]['seconds']:.0f} s)")
 print(f"seconds per evaluation over all runs: {1000 * min(per_nfe):.0f}–{1000 * max(per_nfe):.0f} ms")
-few = min((2, 3, 5, 10, 20, 50))
+few = min(DDIM_STEPS)
 print(f"DDIM FD at {few} NFE: {by[('DDIM', few)]['fd']:.2f}, at 10 NFE: {by[('DDIM', 10)]['fd']:.2f}")
 # DDIM with 50 evaluations (1/20 of DDPM's) is within a few points of the best accuracy measured here,
 # with an FD at the level of real held-out digits
@@ -454,16 +461,16 @@ assert by[("DDIM", few)]["fd"] > 1.5 * by[("DDIM", 10)]["fd"]
 
 # %%
 rows = [("DDIM η=1", 3), ("DDIM η=1", 10), ("DDIM", 3), ("DDIM", 10), ("DDIM", 50),
-        ("DPM-Solver++(2M)", 3), ("DPM-Solver++(2M)", 10), ("DPM-Solver++(2M)", max((2, 3, 5, 10, 20)))]
+        ("DPM-Solver++(2M)", 3), ("DPM-Solver++(2M)", 10), ("DPM-Solver++(2M)", max(DPM_STEPS))]
 grid = torch.cat([samples[k][:10] for k in rows])
 ax = plots.show_class_grid(grid, n_rows=len(rows), row_labels=[f"{n}, {s} NFE" for n, s in rows],
                            title="one x_T per column, labels 0–9")
 plt.show()
 
-ref = samples[("DPM-Solver++(2M)", max((2, 3, 5, 10, 20)))]
+ref = samples[("DPM-Solver++(2M)", max(DPM_STEPS))]
 dist = {k: float((samples[k] - ref).abs().mean()) for k in samples}
 for k in samples:
-    print(f"{k[0]:>17} {k[1]:4d} NFE: mean |x0 − x0 of DPM-Solver++ at {max((2, 3, 5, 10, 20))} NFE| = {dist[k]:.3f}")
+    print(f"{k[0]:>17} {k[1]:4d} NFE: mean |x0 − x0 of DPM-Solver++ at {max(DPM_STEPS)} NFE| = {dist[k]:.3f}")
 # the deterministic samplers converge to the same images (DDIM at 50 NFE agrees with DPM-Solver++) ...
 assert dist[("DDIM", 50)] < 0.03
 # ... DPM-Solver++ gets there in fewer evaluations than DDIM (10 instead of about 50) ...

@@ -23,6 +23,16 @@
 # *Run time: about a minute on a 2-core laptop CPU.*
 
 # %%
+# Settings (sized so the notebook runs in about a minute on 2 CPU cores; on a GPU, raise N_PER_CLASS and STEPS)
+STEPS = 8                               # DDIM steps for every sample in this notebook (deterministic DDIM)
+WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)     # guidance weights w of the widget and the trade-off curve (sections 2, 3)
+N_PER_CLASS = 10                        # samples per digit at each of these weights
+W_LARGE = 8.0                           # the "too large" guidance weight of section 4 ...
+W_MODERATE = 4.0                        # ... and a moderate one to compare with
+N_LARGE_PER_CLASS = 5                   # samples per digit at those two weights
+PERCENTILE = 0.95                       # dynamic thresholding's p for 64-pixel images (Imagen: 0.995 on 64×64×3)
+
+# %%
 import time
 from pathlib import Path
 
@@ -45,7 +55,7 @@ REPO = Path.cwd() if (Path.cwd() / "ddpm_lite").exists() else Path.cwd().parent
 CHECKPOINT = REPO / "assets" / "checkpoints" / "digits"
 model, diffusion = from_pretrained(CHECKPOINT)        # the EMA weights, eval mode, on the CPU
 classifier = metrics.load_classifier("digits")        # a small CNN trained on real digits (99 % held out)
-T, STEPS = diffusion.num_timesteps, 8          # every sample below: deterministic DDIM, STEPS steps
+T = diffusion.num_timesteps                    # every sample below: deterministic DDIM, STEPS steps
 print(f"{diffusion}; {model.num_classes} classes + the null class {model.num_classes}; "
       f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
 assert model.num_classes == 10
@@ -127,8 +137,6 @@ nb07.check_scale_to_w(scale_to_w)
 # measurements of section 3 reuse them, so nothing is sampled twice.
 
 # %%
-WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
-N_PER_CLASS = 10
 start = time.perf_counter()
 explorer = GuidanceExplorer(model, diffusion, weights=WEIGHTS, n_per_class=N_PER_CLASS, n_show=min(6, N_PER_CLASS),
                             steps=STEPS, sampler="ddim", seed=0, classifier=classifier)
@@ -264,19 +272,18 @@ def saturated_fraction(x, tol=1e-3):
 nb07.check_saturated_fraction(saturated_fraction)
 
 # %% [markdown]
-# Now the experiment: the same seeds and labels at a large weight, $w = 8.0$ (a guidance scale
+# Now the experiment: the same seeds and labels at a large weight, $w = 8.0$ (`W_LARGE`; a guidance scale
 # $s = 1 + w$ in Imagen's terms), sampled three ways: no thresholding, static clipping, dynamic
 # thresholding. We record the model's $\hat x_0$ at every step *before* any thresholding (what the network
 # asks for) and *after* it (what the sampler uses).
 #
 # *The percentile.* Imagen uses $p = 99.5\,\%$ on 64×64×3 images, so $s$ is set by the top 60 or so of 12 288
 # values. An 8×8 digit has 64 values, where the 99.5 % quantile is simply the largest one; we use
-# $p = 0.95$ (the top three pixels or so), the same idea at this image size.
+# $p = 0.95$ (`PERCENTILE`; the top three pixels or so), the same idea at this image size.
 
 # %%
-W_LARGE, PERCENTILE = 8.0, 0.95
-n_large = 10 * 5
-y_large = torch.arange(10).repeat_interleave(5)         # class by class
+n_large = 10 * N_LARGE_PER_CLASS
+y_large = torch.arange(10).repeat_interleave(N_LARGE_PER_CLASS)         # class by class
 x_T_large = torch.randn(n_large, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
@@ -369,7 +376,6 @@ assert s[f"w = {W_LARGE:g}, dynamic thresholding"] < 0.5 * s[f"w = {W_LARGE:g}, 
 # weight, from the same seeds:
 
 # %%
-W_MODERATE = 4.0
 fd_pair = {(W_LARGE, th): metrics.feature_frechet_distance(runs[name]["x"], real_rest, classifier)
            for th, name in (("static", "static clipping"), ("dynamic", "dynamic thresholding"))}
 for th in ("static", "dynamic"):
