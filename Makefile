@@ -27,12 +27,13 @@ test: venv
 test-browser: venv
 	$(PY) -m pytest -m browser tests/
 
-# every pair by its .ipynb, plus any new notebooks/NN_name.py that has no .ipynb yet (sync creates it)
+# every pair by its .ipynb; a new notebooks/NN_name.py without an .ipynb gets one (with the python3 kernelspec)
 NB_IPYNB := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
-NB_SYNC := $(sort $(NB_IPYNB) $(filter-out $(NB_IPYNB:.ipynb=.py),$(wildcard notebooks/[0-9][0-9]_*.py)))
+NB_NEW := $(filter-out $(NB_IPYNB:.ipynb=.py),$(wildcard notebooks/[0-9][0-9]_*.py))
 
 sync: venv
-	$(VENV)/bin/jupytext --sync $(NB_SYNC)
+	$(VENV)/bin/jupytext --sync $(NB_IPYNB)
+	$(if $(NB_NEW),$(VENV)/bin/jupytext --set-kernel python3 --sync $(NB_NEW))
 
 notebooks: sync
 	for nb in notebooks/[0-9][0-9]_*.ipynb; do \
