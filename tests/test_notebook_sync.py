@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
-
-jupytext = pytest.importorskip("jupytext")
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
