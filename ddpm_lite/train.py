@@ -204,7 +204,7 @@ def _dataset_tensors(dataset):
     return images, labels, info
 
 
-def build_model(config: TrainConfig, sample_shape: tuple, num_classes: int | None) -> nn.Module:
+def default_model(config: TrainConfig, sample_shape: tuple, num_classes: int | None) -> nn.Module:
     """The default network for a dataset: a UNet preset for images, ToyMLP for 2-D points."""
     from .unet import PRESETS, unet_preset
 
@@ -292,7 +292,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         if model is None:
             if resume_config is not None:
-                model = ckpt.build_model(resume_config)
+                model = ckpt.model_from_config(resume_config)
             else:
                 num_classes = None
                 if config.conditional:
@@ -300,7 +300,7 @@ class Trainer:
                         raise ValueError(f"conditional=True needs class labels but dataset {config.dataset!r} has "
                                          f"none: use conditional=False (CLI: --no-conditional)")
                     num_classes = int(self.dataset_info.get("num_classes") or int(labels.max()) + 1)
-                model = build_model(config, self.sample_shape, num_classes)
+                model = default_model(config, self.sample_shape, num_classes)
         if diffusion is None:
             if resume_config is not None:
                 diffusion = ckpt.build_diffusion(resume_config)
