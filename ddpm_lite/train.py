@@ -49,11 +49,17 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import distributed
+from .data import KNOWN_DATASETS
 from .device import pick_device
+from .diffusion import LOSS_TYPES, PARAMETERIZATIONS
 from .ema import EMA, unwrap_model
+from .samplers import SAMPLERS
+from .schedules import SCHEDULES
+from .unet import PRESETS
 
 LR_SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "off")
+PRESET_CHOICES = ("auto", "toy_mlp", *PRESETS)  # what `preset` accepts (see default_model)
 
 
 # Batch size, peak LR and min-SNR γ per model preset (or dataset, with preset="auto"), used where TrainConfig
@@ -74,58 +80,91 @@ DEFAULT_MIN_SNR_GAMMA = 5.0
 _RECIPE_UNSET = {"batch_size": None, "lr": None, "min_snr_gamma": "auto"}  # the values a recipe fills in
 
 
+def _knob(default, help: str, *, choices=None, group: str | None = None, factory=None):
+    """A TrainConfig field with its documentation in `metadata`: "help" (the text of `--help`), "choices" (the
+    values the command line accepts, taken from the package's own constants) and "group" (starts a section of
+    the `train --help` listing; the following fields belong to it). `python -m ddpm_lite train` builds one flag
+    per field from these, so the command line cannot drift from the config."""
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if group is not None:
+        metadata["group"] = group
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a training run. The defaults train class-conditional digits for 60 s on the CPU."""
+    """Every setting of a training run. The defaults train class-conditional digits for 60 s on the CPU.
+
+    Each field's `metadata` holds its help text (and, where the values are a fixed set, the choices): the
+    `train` command line is generated from it, one `--field-name` flag per field.
+    """
 
     # data and model
-    dataset: str = "digits"               # a `ddpm_lite.data.load_dataset` name
-    preset: str = "auto"                  # a UNet preset ("digits", "mnist", "cifar10"), "toy_mlp", or "auto"
-    model_kwargs: dict = field(default_factory=dict)  # overrides of the preset, e.g. {"base_channels": 32}
-    conditional: bool = True              # class-conditional model (needs labels)
-    label_dropout: float = 0.1            # P(label -> null class): trains the unconditional model for guidance
-    hflip: bool = False                   # random left-right flips of images (Ho et al. 2020 on CIFAR-10)
+    dataset: str = _knob("digits", "dataset name (a ddpm_lite.data.load_dataset name; the Trainer also accepts "
+                                   "a dataset object with any name)", choices=KNOWN_DATASETS, group="data and model")
+    preset: str = _knob("auto", "model: a UNet preset, toy_mlp (2-D points) or auto (the dataset's own preset, "
+                                "toy_mlp for 2-D points)", choices=PRESET_CHOICES)
+    model_kwargs: dict = _knob(None, "overrides of the preset's constructor arguments, e.g. "
+                                     "{\"base_channels\": 32, \"attention_resolutions\": [4]}", factory=dict)
+    conditional: bool = _knob(True, "class-conditional model (labels + a null class for guidance)")
+    label_dropout: float = _knob(0.1, "probability of replacing a label by the null class: trains the "
+                                      "unconditional model for classifier-free guidance")
+    hflip: bool = _knob(False, "random left-right flips of the training images (Ho et al. 2020 on CIFAR-10)")
     # diffusion
-    timesteps: int = 1000
-    schedule: str = "linear"
-    parameterization: str = "eps"
-    loss_type: str = "l2"
-    min_snr_gamma: float | str | None = "auto"  # min-SNR-γ loss weighting (Hang et al. 2023); None = plain
-                                          # L_simple; "auto" = the recipe below (5, digits 1)
+    timesteps: int = _knob(1000, "number of diffusion steps T", group="diffusion")
+    schedule: str = _knob("linear", "noise schedule", choices=SCHEDULES)
+    parameterization: str = _knob("eps", "model target: the noise eps, the clean image x0 or the velocity v",
+                                  choices=PARAMETERIZATIONS)
+    loss_type: str = _knob("l2", "regression loss on the target", choices=LOSS_TYPES)
+    min_snr_gamma: float | str | None = _knob(
+        "auto", "min-SNR-gamma loss weighting (Hang et al. 2023); none = plain L_simple of Ho et al.; auto = the "
+                "recipe for the preset/dataset (1 for digits, else 5; see ddpm_lite.train.RECIPES)",
+        choices=("auto",))
     # optimisation
-    batch_size: int | None = None         # per process and micro-step (None: the recipe below); the effective
-                                          # batch is batch_size * grad_accum * world_size
-    lr: float | None = None               # peak AdamW learning rate (None: the recipe below)
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    lr_schedule: str = "cosine"           # "cosine" (to min_lr_ratio * lr at max_steps, or at max_seconds of
-                                          # wall time when there is no max_steps) or "constant"
-    min_lr_ratio: float = 0.1
-    grad_clip: float | None = 1.0
-    grad_accum: int = 1
-    ema_decay: float = 0.9999
-    ema_warmup: int | None = 10           # decay_t = min(ema_decay, (1 + t) / (ema_warmup + t)); see ema.py
+    batch_size: int | None = _knob(None, "batch size per process and micro-step (none: the recipe for the "
+                                         "preset/dataset, e.g. digits 64, cifar10 128); the effective batch is "
+                                         "batch_size * grad_accum * world size", group="optimisation")
+    lr: float | None = _knob(None, "peak AdamW learning rate (none: the recipe, e.g. digits 3e-3, cifar10 2e-4)")
+    weight_decay: float = _knob(0.0, "AdamW weight decay (weight matrices and kernels only)")
+    warmup_steps: int = _knob(100, "linear learning-rate warm-up steps")
+    lr_schedule: str = _knob("cosine", "learning rate after warm-up: cosine decays to min_lr_ratio * lr at "
+                                       "max_steps (or, with only max_seconds, over the wall-clock budget)",
+                             choices=LR_SCHEDULES)
+    min_lr_ratio: float = _knob(0.1, "final learning rate of the cosine schedule, as a fraction of lr")
+    grad_clip: float | None = _knob(1.0, "gradient-norm clip (none = off)")
+    grad_accum: int = _knob(1, "gradient accumulation micro-steps per optimizer step")
+    ema_decay: float = _knob(0.9999, "EMA decay of the weights used for sampling")
+    ema_warmup: int | None = _knob(10, "EMA warm-up: decay_t = min(ema_decay, (1 + t) / (ema_warmup + t)); "
+                                       "none = off (see ddpm_lite.ema)")
     # when to stop (whichever comes first)
-    max_steps: int | None = None
-    max_seconds: float | None = 60.0      # wall-clock limit of one train() call
+    max_steps: int | None = _knob(None, "stop after this many optimizer steps (none = no step limit)",
+                                  group="duration")
+    max_seconds: float | None = _knob(60.0, "stop after this many seconds of one train() call (none = no time "
+                                            "limit)")
     # speed
-    device: str = "auto"                  # "auto" = cuda > mps > cpu
-    amp: str = "auto"                     # "auto" = bf16 autocast on CUDA (if supported), "bf16", "off"
-    compile: bool = False                 # torch.compile the model
-    channels_last: bool = False
-    num_threads: int | None = None        # torch.set_num_threads (CPU); None = PyTorch's default
+    device: str = _knob("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps", group="speed")
+    amp: str = _knob("auto", "mixed precision: auto = bf16 autocast on CUDA (if supported), bf16, off",
+                     choices=AMP_MODES)
+    compile: bool = _knob(False, "torch.compile the model")
+    channels_last: bool = _knob(False, "channels-last memory format (faster on recent GPUs)")
+    num_threads: int | None = _knob(None, "CPU threads for PyTorch (none = PyTorch's default)")
     # bookkeeping
-    seed: int = 0
-    log_every: int = 10
-    sample_every: int = 0                 # steps between sample grids; 0 = only at the end
-    sample_n: int = 64
-    sampler: str = "ddim"
-    sample_steps: int = 50
-    sample_guidance: float = 0.0
-    save_every: int = 1000                # steps between checkpoints; 0 = only at the end
-    out_dir: str | None = "auto"          # "auto" = runs/<dataset>; None = keep everything in memory
-    progress: bool = True                 # tqdm progress bar
-    resume: str | None = None             # a checkpoint or run directory to continue from
+    seed: int = _knob(0, "random seed (init, data order, noise)", group="output")
+    log_every: int = _knob(10, "steps between history entries (and progress-bar updates of the loss)")
+    sample_every: int = _knob(0, "steps between sample grids (0 = only at the end)")
+    sample_n: int = _knob(64, "images in each sample grid")
+    sampler: str = _knob("ddim", "sampler for the sample grids", choices=SAMPLERS)
+    sample_steps: int = _knob(50, "sampler steps for the sample grids")
+    sample_guidance: float = _knob(0.0, "classifier-free guidance weight w for the sample grids (0 = none)")
+    save_every: int = _knob(1000, "steps between checkpoints (0 = only at the end)")
+    out_dir: str | None = _knob("auto", "run directory for the checkpoint, sample grids and history; "
+                                        "auto = runs/<dataset>; none = keep everything in memory")
+    progress: bool = _knob(True, "tqdm progress bar")
+    resume: str | None = _knob(None, "a checkpoint or run directory to continue from")
 
     def resolved(self) -> "TrainConfig":
         """A copy with batch_size / lr left None and min_snr_gamma left "auto" filled in from `RECIPES`."""
@@ -157,8 +196,7 @@ class TrainConfig:
              f"max_seconds must be > 0 or None, got {self.max_seconds}")
         need(self.max_steps is not None or self.max_seconds is not None,
              "set max_steps or max_seconds (or both): otherwise training never stops")
-        need(self.sampler in ("ddpm", "ddim", "dpmpp2m"),
-             f"unknown sampler {self.sampler!r}: expected one of ddpm, ddim, dpmpp2m")
+        need(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
         need(self.sample_n >= 1 and self.sample_steps >= 1, "sample_n and sample_steps must be >= 1")
         need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         need(self.sample_every >= 0 and self.save_every >= 0, "sample_every and save_every must be >= 0 (0 = at the end)")
