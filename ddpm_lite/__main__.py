@@ -17,7 +17,9 @@ keeps TrainConfig's default (so batch size, LR and min-SNR γ come from the reci
 with `--resume` only the flags given override the saved config.
 
 Bad input (a wrong checkpoint path, labels out of range, an unknown dataset, preset or sampler, bad JSON)
-prints one line `ddpm_lite: error: ...` and exits with status 2.
+prints one line `ddpm_lite: error: ...` and exits with status 2. Training that meets NaN/inf data or a NaN
+loss stops with one such line naming the step and the cause, saves nothing (the last checkpoint stays the
+last good one) and exits with status 1.
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from .data import DatasetUnavailableError
-    from .train import TrainConfig, Trainer
+    from .train import NonFiniteError, TrainConfig, Trainer
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}  # typed flags only
     resume = given.pop("resume", None)
@@ -248,6 +250,8 @@ def _train(args) -> int:
               f"from step {trainer.step}; writing to {where}", flush=True)
     try:
         history = trainer.train()
+    except NonFiniteError as e:  # NaN/inf data or loss: nothing was saved, the last checkpoint is intact
+        return _fail(e, status=1)
     finally:
         trainer.close()
     if trainer.is_main:
@@ -395,10 +399,10 @@ def _export(args) -> int:
 
 # -- entry point ------------------------------------------------------------------------------------------
 
-def _fail(err: Exception) -> int:
+def _fail(err: Exception, status: int = 2) -> int:
     message = " ".join(str(err).split())  # one line
     print(f"ddpm_lite: error: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 def main(argv=None) -> int:

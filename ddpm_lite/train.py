@@ -30,6 +30,11 @@ N/2 + save + resume + N/2 give bit-identical weights on the CPU.
 
 Ctrl-C (KeyboardInterrupt) during `train()` saves a checkpoint (atomically) and `train()` returns normally
 with `trainer.interrupted = True`, so a notebook keeps its trainer and a later `train()` call continues.
+
+A NaN/inf in a batch or in the loss stops training with `NonFiniteError`, naming the step (and, for data, how
+many samples of the batch are bad and which dataset indices hold NaN/inf); nothing is saved, so the last
+checkpoint on disk stays the last good one. On the CPU the check runs before every step (the bad step is never
+applied); on a GPU it runs at log / save / sample steps, where the loop synchronises anyway.
 """
 
 from __future__ import annotations
@@ -273,6 +278,16 @@ def default_model(config: TrainConfig, sample_shape: tuple, num_classes: int | N
                                   **kwargs})
 
 
+class NonFiniteError(RuntimeError):
+    """Training met a NaN/inf batch or loss and stopped without saving: the last checkpoint on disk is the
+    last good one. `step` is the first bad step (1-based, as in `history`), `kind` is "data" or "loss" ("" when
+    only another DDP process saw it), `bad_samples` the number of bad samples in that batch (data)."""
+
+    def __init__(self, message: str, step: int, kind: str, bad_samples: int = 0):
+        super().__init__(message)
+        self.step, self.kind, self.bad_samples = step, kind, bad_samples
+
+
 def _generator_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")  # MPS generators are not universal
 
@@ -388,6 +403,12 @@ class Trainer:
         self.interrupted = False
         self._saved_step = None  # steps of the last checkpoint / sample grid (tracked on every rank, so
         self._sampled_step = None  # all ranks agree on which collective calls come next)
+        # NaN/inf guard: the first bad micro-batch is recorded on the device as [kind (0 ok, 1 data, 2 loss),
+        # step, bad samples], without a host sync. On a single CPU process it is checked at once (a sync costs
+        # nothing there), so a bad step is never applied; on a GPU (or under DDP) it is checked where the loop
+        # syncs anyway (log steps) and before anything is saved or sampled.
+        self._fault = torch.zeros(3, dtype=torch.long, device=device)
+        self._check_every_step = device.type == "cpu" and not self.dist.enabled
 
         if config.out_dir == "auto":
             self.out_dir = Path("runs") / config.dataset
@@ -493,7 +514,10 @@ class Trainer:
         return (time.perf_counter() - start) / c.max_seconds
 
     def train_step(self) -> torch.Tensor:
-        """One optimizer step (grad_accum micro-batches); returns the mean loss as a 0-dim tensor (no sync)."""
+        """One optimizer step (grad_accum micro-batches); returns the mean loss as a 0-dim tensor (no sync).
+
+        A batch or loss with NaN/inf is recorded; on a single CPU process it raises `NonFiniteError` at once,
+        before the step changes any weight (elsewhere `train()` checks at its log / save / sample steps)."""
         c = self.config
         lr = self.lr_at(self.step, self._time_fraction())
         for group in self.optimizer.param_groups:
@@ -501,6 +525,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro in range(c.grad_accum):
             x, y = self._next_batch()
+            bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum()  # samples with a NaN/inf value
+            self._record_fault(1, bad > 0, bad)
             last = micro == c.grad_accum - 1
             # DDP: only all-reduce gradients on the last micro-batch
             sync = self.model.no_sync() if (self.dist.enabled and not last) else nullcontext()
@@ -508,6 +534,7 @@ class Trainer:
                 with self._autocast():
                     loss = self.diffusion.training_losses(self.model, x, y=y, generator=self.noise_gen)["loss"]
                     loss = loss.float().mean()
+                self._record_fault(2, ~torch.isfinite(loss), torch.zeros_like(bad))
                 (loss / c.grad_accum).backward()
             total += loss.detach()
         if c.grad_clip:
@@ -517,6 +544,62 @@ class Trainer:
         self.ema.update(self.raw_model)
         self.step += 1
         return total / c.grad_accum
+
+    # -- the NaN/inf guard ----------------------------------------------------------------------------------
+
+    def _record_fault(self, kind: int, bad: torch.Tensor, count: torch.Tensor) -> None:
+        """Remember (on the device, no sync) the first micro-batch whose data (kind 1) or loss (kind 2) is bad."""
+        new = torch.stack((torch.full_like(count, kind), torch.full_like(count, self.step + 1), count))
+        self._fault = torch.where((self._fault[0] == 0) & bad, new, self._fault)
+        if self._check_every_step:
+            self._raise_if_nonfinite()
+
+    def _raise_if_nonfinite(self, collective: bool = True) -> None:
+        """Raise NonFiniteError if a NaN/inf batch or loss was recorded (on any rank, if `collective`)."""
+        kind, step, count = self._fault.tolist()
+        seen = distributed.any_true(kind > 0, self.device) if collective and self.dist.enabled else kind > 0
+        if not seen:
+            return
+        message = self._nonfinite_message(kind, step, count)
+        if self._check_every_step:  # caught before the bad step changed any weight: the trainer stays usable
+            self._fault.zero_()
+            self.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(message, step=step, kind={1: "data", 2: "loss"}.get(kind, ""), bad_samples=count)
+
+    def _nonfinite_message(self, kind: int, step: int, count: int) -> str:
+        c = self.config
+        if kind == 1:
+            name = self.dataset_info.get("name") or c.dataset
+            n = self.images.shape[0]
+            bad = (~torch.isfinite(self.images)).reshape(n, -1).any(1).nonzero().flatten().tolist()
+            shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+            source = (f"dataset {name!r} has {len(bad)} such samples out of {n} (indices {shown})" if bad else
+                      f"dataset {name!r} itself is finite, so the batch was corrupted after loading")
+            verb = "contains" if count == 1 else "contain"
+            what = (f"non-finite training data: {count} of {c.batch_size} samples in the batch at step {step} "
+                    f"{verb} NaN/inf values; {source}. Clean the data (drop or repair those samples) or check the "
+                    f"transform that produced them (e.g. a division by a zero standard deviation).")
+        elif kind == 2:
+            clip = (f"keep gradient clipping on (grad_clip={c.grad_clip:g})" if c.grad_clip else
+                    "turn gradient clipping on (grad_clip=1.0, --grad-clip 1)")
+            what = (f"the loss became NaN/inf at step {step} although the batch was finite: training diverged. "
+                    f"Lower the learning rate (lr={c.lr:g}, --lr), {clip}, or check the model and loss settings (parameterization="
+                    f"{c.parameterization!r}, loss_type={c.loss_type!r}, min_snr_gamma={c.min_snr_gamma}).")
+        else:
+            what = (f"another process met a NaN/inf batch or loss by step {self.step} (this is rank "
+                    f"{self.dist.rank}; that rank's error names the step and the cause).")
+        if self.checkpoint_dir is not None and (self.checkpoint_dir / ckpt.CONFIG_NAME).exists():
+            at = f" (step {self._saved_step})" if self._saved_step is not None else ""
+            kept = f" Nothing was saved: the last good checkpoint, {self.checkpoint_dir}{at}, is untouched."
+        else:
+            kept = " Nothing was saved."
+        if self._check_every_step:
+            state = f" The weights in memory are those before step {step} (the bad step was not applied)."
+        else:
+            state = (f" The weights in memory are probably no longer finite (on {self.device.type}"
+                     f"{' with DDP' if self.dist.enabled else ''} the check runs at log, save and sample steps, "
+                     f"here at step {self.step}): continue from the last checkpoint.")
+        return what + kept + state
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -556,6 +639,7 @@ class Trainer:
                 self.elapsed = elapsed_before + time.perf_counter() - start_time
                 bar.update(1)
                 if self.step % c.log_every == 0:
+                    self._raise_if_nonfinite()  # before a NaN loss reaches the history
                     now = time.perf_counter()
                     loss = distributed.mean_across((loss_sum / loss_count).item(), self.device)
                     images = (self.step - last_log_step) * c.batch_size * c.grad_accum * self.dist.world_size
@@ -627,6 +711,7 @@ class Trainer:
         return x.float().cpu()
 
     def _sample_and_save_grid(self) -> None:
+        self._raise_if_nonfinite()
         self._sampled_step = self.step
         if self.is_main:
             images = self.sample()
@@ -684,6 +769,7 @@ class Trainer:
 
     def save(self, directory=None, sync: bool = True) -> Path | None:
         """Save a checkpoint (default: out_dir/checkpoint) plus history.json; rank 0 writes, all ranks wait."""
+        self._raise_if_nonfinite(collective=sync)  # never overwrite the last good checkpoint with NaN weights
         directory = Path(directory) if directory is not None else self.checkpoint_dir
         state = None
         if directory is not None and (sync or self.is_main):

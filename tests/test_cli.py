@@ -270,3 +270,19 @@ def test_resume_overrides_only_the_flags_given(run_dir, tmp_path, built, capsys)
     capsys.readouterr()
     _expect_exit2(["train", "--resume", str(copy), "--base-channels", "8"], capsys, "cannot change when resuming")
     _expect_exit2(["train", "--resume", str(copy), "--model-kwargs", "{}"], capsys, "cannot change when resuming")
+
+
+def test_non_finite_training_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    from ddpm_lite.train import NonFiniteError
+
+    def diverge(self, steps=None):
+        raise NonFiniteError("the loss became NaN/inf at step 3 although the batch was finite: ...\nNothing was "
+                             "saved.", step=3, kind="loss")
+
+    monkeypatch.setattr(Trainer, "train", diverge)
+    before = torch.get_num_threads()
+    assert main(["train", "--out", str(tmp_path / "r"), "--no-progress", "--num-threads", "1"]) == 1
+    torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert err.startswith("ddpm_lite: error: the loss became NaN/inf at step 3") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
