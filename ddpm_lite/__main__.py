@@ -229,7 +229,8 @@ def _train(args) -> int:
             path = resume
             if path == _RESUME_OUT:
                 out = given.get("out_dir")
-                path = out if out not in (None, "auto") else str(Path("runs") / given.get("dataset", TrainConfig().dataset))
+                dataset = given.get("dataset", TrainConfig().dataset)
+                path = out if out not in (None, "auto") else str(Path("runs") / dataset)
             trainer = Trainer.resume(path, **given)
         else:
             if base_channels is not None:

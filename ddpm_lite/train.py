@@ -583,8 +583,9 @@ class Trainer:
             clip = (f"keep gradient clipping on (grad_clip={c.grad_clip:g})" if c.grad_clip else
                     "turn gradient clipping on (grad_clip=1.0, --grad-clip 1)")
             what = (f"the loss became NaN/inf at step {step} although the batch was finite: training diverged. "
-                    f"Lower the learning rate (lr={c.lr:g}, --lr), {clip}, or check the model and loss settings (parameterization="
-                    f"{c.parameterization!r}, loss_type={c.loss_type!r}, min_snr_gamma={c.min_snr_gamma}).")
+                    f"Lower the learning rate (lr={c.lr:g}, --lr), {clip}, or check the model and loss settings "
+                    f"(parameterization={c.parameterization!r}, loss_type={c.loss_type!r}, "
+                    f"min_snr_gamma={c.min_snr_gamma}).")
         else:
             what = (f"another process met a NaN/inf batch or loss by step {self.step} (this is rank "
                     f"{self.dist.rank}; that rank's error names the step and the cause).")
