@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     C.set_threads(args.threads)
     from ddpm_lite import metrics
-    from ddpm_lite.checkpoint import build_model, load_config
+    from ddpm_lite.checkpoint import load_config, model_from_config
     from ddpm_lite.device import pick_device
 
     tmp = tempfile.TemporaryDirectory(prefix="ddpm_lite_quality_") if args.out is None else None
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
 
     device = pick_device(args.device)
     model_cfg = config.get("model_config", {})
-    params = C.count_parameters(build_model(config))
+    params = C.count_parameters(model_from_config(config))
     steps_name = "DDPM-1000" if args.sampler == "ddpm" else f"{args.sampler.upper()}-{args.steps}"
     source = (f"trained {train_info.get('steps')} steps in {train_info.get('train_s')} s" if args.checkpoint is None
               else f"checkpoint {args.checkpoint}")

@@ -7,8 +7,19 @@
     python -m ddpm_lite sample --checkpoint runs/digits --labels 0,1,2 --n 30 --guidance 1 --out samples.png
     python -m ddpm_lite export --checkpoint runs/digits --out assets/checkpoints/digits   # weights only, to share
 
-Bad input (a wrong checkpoint path, labels out of range, an unknown dataset, preset or sampler) prints one
-line `ddpm_lite: error: ...` and exits with status 2.
+The `train` flags are generated from `ddpm_lite.train.TrainConfig`: one `--field-name` per field (help text
+and choices from the field's metadata), so every setting of a run is reachable, e.g.
+
+    python -m ddpm_lite train --model-kwargs '{"attention_resolutions": [4]}' --min-lr-ratio 0 --sample-guidance 2
+
+Optional numbers take `none`; booleans come as `--flag / --no-flag`; dicts as JSON. A flag that is not given
+keeps TrainConfig's default (so batch size, LR and min-SNR γ come from the recipe, `ddpm_lite.train.RECIPES`);
+with `--resume` only the flags given override the saved config.
+
+Bad input (a wrong checkpoint path, labels out of range, an unknown dataset, preset or sampler, bad JSON)
+prints one line `ddpm_lite: error: ...` and exits with status 2. Training that meets NaN/inf data or a NaN
+loss stops with one such line naming the step and the cause, saves nothing (the last checkpoint stays the
+last good one) and exits with status 1.
 """
 
 from __future__ import annotations
@@ -20,7 +31,12 @@ from dataclasses import fields
 from pathlib import Path
 
 PROG = "python -m ddpm_lite"
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
+
+# The `train` flags are generated from TrainConfig: one `--field-name` per field, with the help text and choices
+# of the field's metadata (see ddpm_lite.train._knob). The exceptions, all listed here:
+TRAIN_FLAG_ALIASES = {"out_dir": ("--out",)}  # older spellings that keep working
+TRAIN_EXTRA_FLAGS = ("base_channels",)        # train flags that are not TrainConfig fields
+_RESUME_OUT = "__out__"                        # bare `--resume`: continue the run in --out
 
 
 class UsageError(ValueError):
@@ -29,89 +45,139 @@ class UsageError(ValueError):
 
 # -- the parser -------------------------------------------------------------------------------------------
 
-def _optional_float(text: str):
-    return None if text.lower() in ("none", "") else float(text)
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that reports a bad flag in one line (instead of the ~40-line usage of `train`)."""
 
-
-def _gamma(text: str):
-    return text.lower() if text.lower() == "auto" else _optional_float(text)
+    def error(self, message):
+        self.exit(2, f"ddpm_lite: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
 
 def _optional_int(text: str):
     return None if text.lower() in ("none", "") else int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+_TYPE_NAMES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "None": type(None)}
+
+
+def _field_kinds(f) -> tuple[list[type], bool]:
+    """The types a TrainConfig field accepts, from its annotation (a string under `from __future__ import
+    annotations`, e.g. "float | str | None"), and whether None is one of them."""
+    import typing
+
+    if isinstance(f.type, str):
+        names = [part.strip() for part in f.type.split("|")]
+        if any(name not in _TYPE_NAMES for name in names):
+            raise TypeError(f"TrainConfig.{f.name}: cannot make a command-line flag for type {f.type!r}")
+        kinds = [_TYPE_NAMES[name] for name in names]
+    else:
+        kinds = list(typing.get_args(f.type)) or [f.type]
+    optional = type(None) in kinds
+    return [k for k in kinds if k is not type(None)], optional
+
+
+def _show(value) -> str:
+    """A default as it would be typed on the command line."""
+    import json
+
+    if value is None:
+        return "none"
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"base_channels\": 32}}', got {text!r} "
+                                         f"({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object (in braces), got {text!r}")
+    return value
+
+
+def _scalar(kinds: list[type], optional: bool, words: tuple):
+    """Parse none (for an optional field), one of `words` (any case: the only strings a field that mixes numbers
+    and strings accepts), a number (int, float: the field's types, in order) or else, for a str field without
+    `words`, the text itself."""
+    numbers = [k for k in kinds if k in (int, float)]
+    free_text = str in kinds and not words
+    options = [k.__name__ for k in numbers] + [repr(w) for w in words] + (["none"] if optional else [])
+    expected = " or ".join(filter(None, (", ".join(options[:-1]), options[-1])))
+
+    def parse(text: str):
+        low = text.strip().lower()
+        if optional and low in ("none", ""):
+            return None
+        if low in words:
+            return low
+        for kind in numbers:
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        if free_text:
+            return text
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+
+    return parse
+
+
+def _add_train_flags(t: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, default=SUPPRESS: the parsed namespace holds exactly the flags given,
+    so the rest keep TrainConfig's defaults (and recipes) and `--resume` overrides only what was typed."""
     from .train import TrainConfig
 
-    d = TrainConfig()
+    defaults = TrainConfig()
+    groups = {}
+    group = None
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        if "help" not in meta:
+            raise TypeError(f"TrainConfig.{f.name} has no help text (metadata['help']): use train._knob")
+        title = meta.get("group")
+        if title is not None:
+            group = groups[title] = t.add_argument_group(title)
+        flag = "--" + f.name.replace("_", "-")
+        flags = (flag, *TRAIN_FLAG_ALIASES.get(f.name, ()))
+        default = getattr(defaults, f.name)
+        kw = dict(dest=f.name, default=argparse.SUPPRESS,
+                  help=f"{meta['help']} (default: {_show(default)})".replace("%", "%%"))
+        kinds, optional = _field_kinds(f)
+        choices = meta.get("choices")
+        if f.name == "resume":
+            kw.update(nargs="?", const=_RESUME_OUT, metavar="PATH",
+                      help="continue a run: --resume PATH, or bare --resume to continue --out; the saved config is "
+                           "reused and only the flags given here override it")
+        elif kinds == [bool] and not optional:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kinds == [dict] and not optional:
+            kw.update(type=_json_object, metavar="JSON")
+        elif kinds == [str] and not optional:
+            kw["choices"] = choices  # None: any text
+        elif set(kinds) <= {str, int, float}:
+            kw["type"] = _scalar(kinds, optional, tuple(choices or ()) if str in kinds else ())
+        else:
+            raise TypeError(f"TrainConfig.{f.name}: cannot make a command-line flag for type {f.type!r}")
+        (group or t).add_argument(*flags, **kw)
+    groups["data and model"].add_argument(
+        "--base-channels", type=int, default=argparse.SUPPRESS,
+        help="shortcut for --model-kwargs '{\"base_channels\": N}': the width of the preset (default: the preset's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .samplers import SAMPLERS
+
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog=PROG, description="Train and sample DDPMs (ddpm_lite).", formatter_class=fmt)
+    parser = _Parser(prog=PROG, description="Train and sample DDPMs (ddpm_lite).", formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", metavar="{train,sample,export}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a diffusion model", formatter_class=fmt,
-                       description="Train a diffusion model. With no flags: class-conditional digits for 60 s.")
-    g = t.add_argument_group("data and model")
-    g.add_argument("--dataset", default=d.dataset, help="dataset name (see ddpm_lite.data), e.g. digits, mnist, moons")
-    g.add_argument("--preset", default=d.preset, help="UNet preset (digits, mnist, cifar10), toy_mlp, or auto")
-    g.add_argument("--base-channels", type=int, default=None,
-                   help="override the preset's base_channels (None: the preset's value)")
-    g.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=d.conditional,
-                   help="class-conditional model (labels + null class for guidance)")
-    g.add_argument("--label-dropout", type=float, default=d.label_dropout,
-                   help="probability of replacing a label by the null class (for classifier-free guidance)")
-    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=d.hflip,
-                   help="random left-right flips of the training images (e.g. for cifar10)")
-    g = t.add_argument_group("diffusion")
-    g.add_argument("--timesteps", type=int, default=d.timesteps, help="number of diffusion steps T")
-    g.add_argument("--schedule", default=d.schedule, help="noise schedule: linear, cosine or sigmoid")
-    g.add_argument("--parameterization", default=d.parameterization, help="model target: eps, x0 or v")
-    g.add_argument("--loss-type", default=d.loss_type, help="l2, l1 or huber")
-    g.add_argument("--min-snr-gamma", type=_gamma, default=d.min_snr_gamma,
-                   help="min-SNR-gamma loss weighting (Hang et al. 2023); none = plain L_simple of Ho et al.; "
-                        "auto = the recipe for the preset/dataset (1 for digits, else 5)")
-    g = t.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="batch size per process and micro-step (None: the recipe for the preset/dataset, "
-                        "e.g. digits 64, cifar10 128; see ddpm_lite.train.RECIPES)")
-    g.add_argument("--lr", type=float, default=d.lr,
-                   help="peak learning rate (AdamW) (None: the recipe, e.g. digits 3e-3, cifar10 2e-4)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear LR warm-up steps")
-    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=("cosine", "constant"),
-                   help="LR after warm-up: cosine decays to 10%% at --max-steps (or, with only --max-seconds, over the wall-clock budget)")
-    g.add_argument("--grad-clip", type=_optional_float, default=d.grad_clip, help="gradient-norm clip; None = off")
-    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="gradient accumulation micro-steps")
-    g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay")
-    g.add_argument("--ema-warmup", type=_optional_int, default=d.ema_warmup,
-                   help="EMA warm-up: decay_t = min(decay, (1+t)/(warmup+t)); None = off")
-    g = t.add_argument_group("duration")
-    g.add_argument("--max-steps", type=_optional_int, default=d.max_steps, help="stop after this many steps")
-    g.add_argument("--max-seconds", type=_optional_float, default=d.max_seconds,
-                   help="stop after this many seconds (None = no time limit)")
-    g = t.add_argument_group("speed")
-    g.add_argument("--device", default=d.device, help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    g.add_argument("--amp", default=d.amp, choices=("auto", "bf16", "off"),
-                   help="mixed precision: auto = bf16 autocast on CUDA")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile, help="torch.compile the model")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=d.channels_last,
-                   help="channels-last memory format (faster on recent GPUs)")
-    g.add_argument("--num-threads", type=_optional_int, default=d.num_threads,
-                   help="CPU threads for PyTorch (None = PyTorch's default)")
-    g = t.add_argument_group("output")
-    g.add_argument("--seed", type=int, default=d.seed, help="random seed (init, data order, noise)")
-    g.add_argument("--out", default=None, help="run directory (None: runs/<dataset>)")
-    g.add_argument("--resume", nargs="?", const="__out__", default=None,
-                   help="continue a run: --resume PATH, or bare --resume to continue --out")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between history entries")
-    g.add_argument("--sample-every", type=int, default=d.sample_every,
-                   help="steps between sample grids (0 = only at the end)")
-    g.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints (0 = only at the end)")
-    g.add_argument("--sample-n", type=int, default=d.sample_n, help="images in each sample grid")
-    g.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampler steps for the sample grids")
-    g.add_argument("--sampler", default=d.sampler, choices=SAMPLERS, help="sampler for the sample grids")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress, help="progress bar")
+                       description="Train a diffusion model. With no flags: class-conditional digits for 60 s. "
+                                   "Every flag is a field of ddpm_lite.train.TrainConfig.")
+    _add_train_flags(t)
 
     s = sub.add_parser("sample", help="generate images from a checkpoint", formatter_class=fmt,
                        description="Generate samples from a checkpoint (EMA weights) and save a grid / array.")
@@ -146,57 +212,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _explicit_dests(parser: argparse.ArgumentParser, argv) -> set[str]:
-    """The options the user actually typed (so --resume only overrides those)."""
-    probe = build_parser()
-    for action in _all_actions(probe):
-        action.default = argparse.SUPPRESS
-    return set(vars(probe.parse_args(argv)))
-
-
-def _all_actions(parser):
-    for action in parser._actions:
-        yield action
-        if isinstance(action, argparse._SubParsersAction):
-            for p in action.choices.values():
-                yield from _all_actions(p)
-
-
 # -- train ------------------------------------------------------------------------------------------------
 
-_CLI_TO_CONFIG = {"out": "out_dir"}
-_NOT_CONFIG = {"command", "resume", "base_channels"}
-
-
-def _train(args, explicit: set[str]) -> int:
+def _train(args) -> int:
     from .data import DatasetUnavailableError
-    from .train import TrainConfig, Trainer
+    from .train import NonFiniteError, TrainConfig, Trainer
 
-    config_fields = {f.name for f in fields(TrainConfig)}
-    values = {}
-    for dest, value in vars(args).items():
-        if dest in _NOT_CONFIG:
-            continue
-        name = _CLI_TO_CONFIG.get(dest, dest)
-        if name in config_fields:
-            values[name] = value
-    if values.get("out_dir") is None:
-        values["out_dir"] = "auto"
-    if args.base_channels is not None:
-        values["model_kwargs"] = {"base_channels": args.base_channels}
-
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}  # typed flags only
+    resume = given.pop("resume", None)
+    base_channels = getattr(args, "base_channels", None)
     try:
-        if args.resume is not None:
-            path = args.resume
-            if path == "__out__":
-                path = args.out or str(Path("runs") / args.dataset)
-            overrides = {_CLI_TO_CONFIG.get(k, k): values[_CLI_TO_CONFIG.get(k, k)] for k in explicit
-                         if k not in _NOT_CONFIG and _CLI_TO_CONFIG.get(k, k) in values}
-            if "base_channels" in explicit:
-                raise UsageError("--base-channels cannot change when resuming (the model comes from the checkpoint)")
-            trainer = Trainer.resume(path, **overrides)
+        if resume is not None:
+            if base_channels is not None or "model_kwargs" in given:
+                raise UsageError("--base-channels / --model-kwargs cannot change when resuming (the model comes from "
+                                 "the checkpoint)")
+            path = resume
+            if path == _RESUME_OUT:
+                out = given.get("out_dir")
+                dataset = given.get("dataset", TrainConfig().dataset)
+                path = out if out not in (None, "auto") else str(Path("runs") / dataset)
+            trainer = Trainer.resume(path, **given)
         else:
-            trainer = Trainer(TrainConfig(**values))
+            if base_channels is not None:
+                kwargs = given.get("model_kwargs", {})
+                if kwargs.get("base_channels", base_channels) != base_channels:
+                    raise UsageError(f"--base-channels {base_channels} contradicts --model-kwargs "
+                                     f"base_channels={kwargs['base_channels']}: give one of them")
+                given["model_kwargs"] = {**kwargs, "base_channels": base_channels}
+            trainer = Trainer(TrainConfig(**given))
     except (ValueError, DatasetUnavailableError) as e:  # includes CheckpointError, unknown dataset / preset
         return _fail(e)
 
@@ -208,6 +251,8 @@ def _train(args, explicit: set[str]) -> int:
               f"from step {trainer.step}; writing to {where}", flush=True)
     try:
         history = trainer.train()
+    except NonFiniteError as e:  # NaN/inf data or loss: nothing was saved, the last checkpoint is intact
+        return _fail(e, status=1)
     finally:
         trainer.close()
     if trainer.is_main:
@@ -336,7 +381,7 @@ def _export(args) -> int:
 
     try:
         config = ckpt.load_config(args.checkpoint)
-        model = ckpt.load_weights(args.checkpoint, ckpt.build_model(config), "model")
+        model = ckpt.load_weights(args.checkpoint, ckpt.model_from_config(config), "model")
         diffusion = ckpt.build_diffusion(config)
         ema = None
         if config.get("has_ema"):
@@ -355,10 +400,10 @@ def _export(args) -> int:
 
 # -- entry point ------------------------------------------------------------------------------------------
 
-def _fail(err: Exception) -> int:
+def _fail(err: Exception, status: int = 2) -> int:
     message = " ".join(str(err).split())  # one line
     print(f"ddpm_lite: error: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 def main(argv=None) -> int:
@@ -366,7 +411,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits with status 2 on unknown flags / bad choices
     if args.command == "train":
-        return _train(args, _explicit_dests(parser, argv))
+        return _train(args)
     if args.command == "export":
         return _export(args)
     return _sample(args)

@@ -349,7 +349,7 @@ def load_config(directory) -> dict:
     return config
 
 
-def build_model(config: dict) -> nn.Module:
+def model_from_config(config: dict) -> nn.Module:
     """An untrained model built from a checkpoint config (as returned by `load_config`)."""
     registry = model_registry()
     name = config["model_class"]
@@ -411,7 +411,7 @@ def from_pretrained(directory, device="cpu", use_ema: bool = True):
     """
     directory = resolve_checkpoint_dir(directory)
     config = load_config(directory)
-    model = build_model(config)
+    model = model_from_config(config)
     diffusion = build_diffusion(config)
     use_ema = use_ema and (config.get("has_ema") or (directory / EMA_WEIGHTS_NAME).exists())
     load_weights(directory, model, "ema" if use_ema else "model")

@@ -30,6 +30,11 @@ N/2 + save + resume + N/2 give bit-identical weights on the CPU.
 
 Ctrl-C (KeyboardInterrupt) during `train()` saves a checkpoint (atomically) and `train()` returns normally
 with `trainer.interrupted = True`, so a notebook keeps its trainer and a later `train()` call continues.
+
+A NaN/inf in a batch or in the loss stops training with `NonFiniteError`, naming the step (and, for data, how
+many samples of the batch are bad and which dataset indices hold NaN/inf); nothing is saved, so the last
+checkpoint on disk stays the last good one. On the CPU the check runs before every step (the bad step is never
+applied); on a GPU it runs at log / save / sample steps, where the loop synchronises anyway.
 """
 
 from __future__ import annotations
@@ -49,11 +54,17 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import distributed
+from .data import KNOWN_DATASETS
 from .device import pick_device
+from .diffusion import LOSS_TYPES, PARAMETERIZATIONS
 from .ema import EMA, unwrap_model
+from .samplers import SAMPLERS
+from .schedules import SCHEDULES
+from .unet import PRESETS
 
 LR_SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "off")
+PRESET_CHOICES = ("auto", "toy_mlp", *PRESETS)  # what `preset` accepts (see default_model)
 
 
 # Batch size, peak LR and min-SNR γ per model preset (or dataset, with preset="auto"), used where TrainConfig
@@ -75,58 +86,91 @@ DEFAULT_MIN_SNR_GAMMA = 5.0
 _RECIPE_UNSET = {"batch_size": None, "lr": None, "min_snr_gamma": "auto"}  # the values a recipe fills in
 
 
+def _knob(default, help: str, *, choices=None, group: str | None = None, factory=None):
+    """A TrainConfig field with its documentation in `metadata`: "help" (the text of `--help`), "choices" (the
+    values the command line accepts, taken from the package's own constants) and "group" (starts a section of
+    the `train --help` listing; the following fields belong to it). `python -m ddpm_lite train` builds one flag
+    per field from these, so the command line cannot drift from the config."""
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if group is not None:
+        metadata["group"] = group
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a training run. The defaults train class-conditional digits for 60 s on the CPU."""
+    """Every setting of a training run. The defaults train class-conditional digits for 60 s on the CPU.
+
+    Each field's `metadata` holds its help text (and, where the values are a fixed set, the choices): the
+    `train` command line is generated from it, one `--field-name` flag per field.
+    """
 
     # data and model
-    dataset: str = "digits"               # a `ddpm_lite.data.load_dataset` name
-    preset: str = "auto"                  # a UNet preset ("digits", "mnist", "cifar10"), "toy_mlp", or "auto"
-    model_kwargs: dict = field(default_factory=dict)  # overrides of the preset, e.g. {"base_channels": 32}
-    conditional: bool = True              # class-conditional model (needs labels)
-    label_dropout: float = 0.1            # P(label -> null class): trains the unconditional model for guidance
-    hflip: bool = False                   # random left-right flips of images (Ho et al. 2020 on CIFAR-10)
+    dataset: str = _knob("digits", "dataset name (a ddpm_lite.data.load_dataset name; the Trainer also accepts "
+                                   "a dataset object with any name)", choices=KNOWN_DATASETS, group="data and model")
+    preset: str = _knob("auto", "model: a UNet preset, toy_mlp (2-D points) or auto (the dataset's own preset, "
+                                "toy_mlp for 2-D points)", choices=PRESET_CHOICES)
+    model_kwargs: dict = _knob(None, "overrides of the preset's constructor arguments, e.g. "
+                                     "{\"base_channels\": 32, \"attention_resolutions\": [4]}", factory=dict)
+    conditional: bool = _knob(True, "class-conditional model (labels + a null class for guidance)")
+    label_dropout: float = _knob(0.1, "probability of replacing a label by the null class: trains the "
+                                      "unconditional model for classifier-free guidance")
+    hflip: bool = _knob(False, "random left-right flips of the training images (Ho et al. 2020 on CIFAR-10)")
     # diffusion
-    timesteps: int = 1000
-    schedule: str = "linear"
-    parameterization: str = "eps"
-    loss_type: str = "l2"
-    min_snr_gamma: float | str | None = "auto"  # min-SNR-γ loss weighting (Hang et al. 2023); None = plain
-                                          # L_simple; "auto" = the recipe below (5, digits 1)
+    timesteps: int = _knob(1000, "number of diffusion steps T", group="diffusion")
+    schedule: str = _knob("linear", "noise schedule", choices=SCHEDULES)
+    parameterization: str = _knob("eps", "model target: the noise eps, the clean image x0 or the velocity v",
+                                  choices=PARAMETERIZATIONS)
+    loss_type: str = _knob("l2", "regression loss on the target", choices=LOSS_TYPES)
+    min_snr_gamma: float | str | None = _knob(
+        "auto", "min-SNR-gamma loss weighting (Hang et al. 2023); none = plain L_simple of Ho et al.; auto = the "
+                "recipe for the preset/dataset (1 for digits, else 5; see ddpm_lite.train.RECIPES)",
+        choices=("auto",))
     # optimisation
-    batch_size: int | None = None         # per process and micro-step (None: the recipe below); the effective
-                                          # batch is batch_size * grad_accum * world_size
-    lr: float | None = None               # peak AdamW learning rate (None: the recipe below)
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    lr_schedule: str = "cosine"           # "cosine" (to min_lr_ratio * lr at max_steps, or at max_seconds of
-                                          # wall time when there is no max_steps) or "constant"
-    min_lr_ratio: float = 0.1
-    grad_clip: float | None = 1.0
-    grad_accum: int = 1
-    ema_decay: float = 0.9999
-    ema_warmup: int | None = 10           # decay_t = min(ema_decay, (1 + t) / (ema_warmup + t)); see ema.py
+    batch_size: int | None = _knob(None, "batch size per process and micro-step (none: the recipe for the "
+                                         "preset/dataset, e.g. digits 64, cifar10 128); the effective batch is "
+                                         "batch_size * grad_accum * world size", group="optimisation")
+    lr: float | None = _knob(None, "peak AdamW learning rate (none: the recipe, e.g. digits 3e-3, cifar10 2e-4)")
+    weight_decay: float = _knob(0.0, "AdamW weight decay (weight matrices and kernels only)")
+    warmup_steps: int = _knob(100, "linear learning-rate warm-up steps")
+    lr_schedule: str = _knob("cosine", "learning rate after warm-up: cosine decays to min_lr_ratio * lr at "
+                                       "max_steps (or, with only max_seconds, over the wall-clock budget)",
+                             choices=LR_SCHEDULES)
+    min_lr_ratio: float = _knob(0.1, "final learning rate of the cosine schedule, as a fraction of lr")
+    grad_clip: float | None = _knob(1.0, "gradient-norm clip (none = off)")
+    grad_accum: int = _knob(1, "gradient accumulation micro-steps per optimizer step")
+    ema_decay: float = _knob(0.9999, "EMA decay of the weights used for sampling")
+    ema_warmup: int | None = _knob(10, "EMA warm-up: decay_t = min(ema_decay, (1 + t) / (ema_warmup + t)); "
+                                       "none = off (see ddpm_lite.ema)")
     # when to stop (whichever comes first)
-    max_steps: int | None = None
-    max_seconds: float | None = 60.0      # wall-clock limit of one train() call
+    max_steps: int | None = _knob(None, "stop after this many optimizer steps (none = no step limit)",
+                                  group="duration")
+    max_seconds: float | None = _knob(60.0, "stop after this many seconds of one train() call (none = no time "
+                                            "limit)")
     # speed
-    device: str = "auto"                  # "auto" = cuda > mps > cpu
-    amp: str = "auto"                     # "auto" = bf16 autocast on CUDA (if supported), "bf16", "off"
-    compile: bool = False                 # torch.compile the model
-    channels_last: bool = False
-    num_threads: int | None = None        # torch.set_num_threads (CPU); None = PyTorch's default
+    device: str = _knob("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps", group="speed")
+    amp: str = _knob("auto", "mixed precision: auto = bf16 autocast on CUDA (if supported), bf16, off",
+                     choices=AMP_MODES)
+    compile: bool = _knob(False, "torch.compile the model")
+    channels_last: bool = _knob(False, "channels-last memory format (faster on recent GPUs)")
+    num_threads: int | None = _knob(None, "CPU threads for PyTorch (none = PyTorch's default)")
     # bookkeeping
-    seed: int = 0
-    log_every: int = 10
-    sample_every: int = 0                 # steps between sample grids; 0 = only at the end
-    sample_n: int = 64
-    sampler: str = "ddim"
-    sample_steps: int = 50
-    sample_guidance: float = 0.0
-    save_every: int = 1000                # steps between checkpoints; 0 = only at the end
-    out_dir: str | None = "auto"          # "auto" = runs/<dataset>; None = keep everything in memory
-    progress: bool = True                 # tqdm progress bar
-    resume: str | None = None             # a checkpoint or run directory to continue from
+    seed: int = _knob(0, "random seed (init, data order, noise)", group="output")
+    log_every: int = _knob(10, "steps between history entries (and progress-bar updates of the loss)")
+    sample_every: int = _knob(0, "steps between sample grids (0 = only at the end)")
+    sample_n: int = _knob(64, "images in each sample grid")
+    sampler: str = _knob("ddim", "sampler for the sample grids", choices=SAMPLERS)
+    sample_steps: int = _knob(50, "sampler steps for the sample grids")
+    sample_guidance: float = _knob(0.0, "classifier-free guidance weight w for the sample grids (0 = none)")
+    save_every: int = _knob(1000, "steps between checkpoints (0 = only at the end)")
+    out_dir: str | None = _knob("auto", "run directory for the checkpoint, sample grids and history; "
+                                        "auto = runs/<dataset>; none = keep everything in memory")
+    progress: bool = _knob(True, "tqdm progress bar")
+    resume: str | None = _knob(None, "a checkpoint or run directory to continue from")
 
     def resolved(self) -> "TrainConfig":
         """A copy with batch_size / lr left None and min_snr_gamma left "auto" filled in from `RECIPES`."""
@@ -158,8 +202,7 @@ class TrainConfig:
              f"max_seconds must be > 0 or None, got {self.max_seconds}")
         need(self.max_steps is not None or self.max_seconds is not None,
              "set max_steps or max_seconds (or both): otherwise training never stops")
-        need(self.sampler in ("ddpm", "ddim", "dpmpp2m"),
-             f"unknown sampler {self.sampler!r}: expected one of ddpm, ddim, dpmpp2m")
+        need(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
         need(self.sample_n >= 1 and self.sample_steps >= 1, "sample_n and sample_steps must be >= 1")
         need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         need(self.sample_every >= 0 and self.save_every >= 0, "sample_every and save_every must be >= 0 (0 = at the end)")
@@ -205,7 +248,7 @@ def _dataset_tensors(dataset):
     return images, labels, info
 
 
-def build_model(config: TrainConfig, sample_shape: tuple, num_classes: int | None) -> nn.Module:
+def default_model(config: TrainConfig, sample_shape: tuple, num_classes: int | None) -> nn.Module:
     """The default network for a dataset: a UNet preset for images, ToyMLP for 2-D points."""
     from .unet import PRESETS, unet_preset
 
@@ -234,6 +277,16 @@ def build_model(config: TrainConfig, sample_shape: tuple, num_classes: int | Non
     image_size = size[0] if size[0] == size[1] else list(size)
     return unet_preset(preset, **{"image_size": image_size, "in_channels": channels, "num_classes": num_classes,
                                   **kwargs})
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a NaN/inf batch or loss and stopped without saving: the last checkpoint on disk is the
+    last good one. `step` is the first bad step (1-based, as in `history`), `kind` is "data" or "loss" ("" when
+    only another DDP process saw it), `bad_samples` the number of bad samples in that batch (data)."""
+
+    def __init__(self, message: str, step: int, kind: str, bad_samples: int = 0):
+        super().__init__(message)
+        self.step, self.kind, self.bad_samples = step, kind, bad_samples
 
 
 def _generator_device(device: torch.device) -> torch.device:
@@ -293,7 +346,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         if model is None:
             if resume_config is not None:
-                model = ckpt.build_model(resume_config)
+                model = ckpt.model_from_config(resume_config)
             else:
                 num_classes = None
                 if config.conditional:
@@ -301,7 +354,7 @@ class Trainer:
                         raise ValueError(f"conditional=True needs class labels but dataset {config.dataset!r} has "
                                          f"none: use conditional=False (CLI: --no-conditional)")
                     num_classes = int(self.dataset_info.get("num_classes") or int(labels.max()) + 1)
-                model = build_model(config, self.sample_shape, num_classes)
+                model = default_model(config, self.sample_shape, num_classes)
         if diffusion is None:
             if resume_config is not None:
                 diffusion = ckpt.build_diffusion(resume_config)
@@ -351,6 +404,12 @@ class Trainer:
         self.interrupted = False
         self._saved_step = None  # steps of the last checkpoint / sample grid (tracked on every rank, so
         self._sampled_step = None  # all ranks agree on which collective calls come next)
+        # NaN/inf guard: the first bad micro-batch is recorded on the device as [kind (0 ok, 1 data, 2 loss),
+        # step, bad samples], without a host sync. On a single CPU process it is checked at once (a sync costs
+        # nothing there), so a bad step is never applied; on a GPU (or under DDP) it is checked where the loop
+        # syncs anyway (log steps) and before anything is saved or sampled.
+        self._fault = torch.zeros(3, dtype=torch.long, device=device)
+        self._check_every_step = device.type == "cpu" and not self.dist.enabled
 
         if config.out_dir == "auto":
             self.out_dir = Path("runs") / config.dataset
@@ -456,7 +515,10 @@ class Trainer:
         return (time.perf_counter() - start) / c.max_seconds
 
     def train_step(self) -> torch.Tensor:
-        """One optimizer step (grad_accum micro-batches); returns the mean loss as a 0-dim tensor (no sync)."""
+        """One optimizer step (grad_accum micro-batches); returns the mean loss as a 0-dim tensor (no sync).
+
+        A batch or loss with NaN/inf is recorded; on a single CPU process it raises `NonFiniteError` at once,
+        before the step changes any weight (elsewhere `train()` checks at its log / save / sample steps)."""
         c = self.config
         lr = self.lr_at(self.step, self._time_fraction())
         for group in self.optimizer.param_groups:
@@ -464,6 +526,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro in range(c.grad_accum):
             x, y = self._next_batch()
+            bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum()  # samples with a NaN/inf value
+            self._record_fault(1, bad > 0, bad)
             last = micro == c.grad_accum - 1
             # DDP: only all-reduce gradients on the last micro-batch
             sync = self.model.no_sync() if (self.dist.enabled and not last) else nullcontext()
@@ -471,6 +535,7 @@ class Trainer:
                 with self._autocast():
                     loss = self.diffusion.training_losses(self.model, x, y=y, generator=self.noise_gen)["loss"]
                     loss = loss.float().mean()
+                self._record_fault(2, ~torch.isfinite(loss), torch.zeros_like(bad))
                 (loss / c.grad_accum).backward()
             total += loss.detach()
         if c.grad_clip:
@@ -480,6 +545,63 @@ class Trainer:
         self.ema.update(self.raw_model)
         self.step += 1
         return total / c.grad_accum
+
+    # -- the NaN/inf guard ----------------------------------------------------------------------------------
+
+    def _record_fault(self, kind: int, bad: torch.Tensor, count: torch.Tensor) -> None:
+        """Remember (on the device, no sync) the first micro-batch whose data (kind 1) or loss (kind 2) is bad."""
+        new = torch.stack((torch.full_like(count, kind), torch.full_like(count, self.step + 1), count))
+        self._fault = torch.where((self._fault[0] == 0) & bad, new, self._fault)
+        if self._check_every_step:
+            self._raise_if_nonfinite()
+
+    def _raise_if_nonfinite(self, collective: bool = True) -> None:
+        """Raise NonFiniteError if a NaN/inf batch or loss was recorded (on any rank, if `collective`)."""
+        kind, step, count = self._fault.tolist()
+        seen = distributed.any_true(kind > 0, self.device) if collective and self.dist.enabled else kind > 0
+        if not seen:
+            return
+        message = self._nonfinite_message(kind, step, count)
+        if self._check_every_step:  # caught before the bad step changed any weight: the trainer stays usable
+            self._fault.zero_()
+            self.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(message, step=step, kind={1: "data", 2: "loss"}.get(kind, ""), bad_samples=count)
+
+    def _nonfinite_message(self, kind: int, step: int, count: int) -> str:
+        c = self.config
+        if kind == 1:
+            name = self.dataset_info.get("name") or c.dataset
+            n = self.images.shape[0]
+            bad = (~torch.isfinite(self.images)).reshape(n, -1).any(1).nonzero().flatten().tolist()
+            shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+            source = (f"dataset {name!r} has {len(bad)} such samples out of {n} (indices {shown})" if bad else
+                      f"dataset {name!r} itself is finite, so the batch was corrupted after loading")
+            verb = "contains" if count == 1 else "contain"
+            what = (f"non-finite training data: {count} of {c.batch_size} samples in the batch at step {step} "
+                    f"{verb} NaN/inf values; {source}. Clean the data (drop or repair those samples) or check the "
+                    f"transform that produced them (e.g. a division by a zero standard deviation).")
+        elif kind == 2:
+            clip = (f"keep gradient clipping on (grad_clip={c.grad_clip:g})" if c.grad_clip else
+                    "turn gradient clipping on (grad_clip=1.0, --grad-clip 1)")
+            what = (f"the loss became NaN/inf at step {step} although the batch was finite: training diverged. "
+                    f"Lower the learning rate (lr={c.lr:g}, --lr), {clip}, or check the model and loss settings "
+                    f"(parameterization={c.parameterization!r}, loss_type={c.loss_type!r}, "
+                    f"min_snr_gamma={c.min_snr_gamma}).")
+        else:
+            what = (f"another process met a NaN/inf batch or loss by step {self.step} (this is rank "
+                    f"{self.dist.rank}; that rank's error names the step and the cause).")
+        if self.checkpoint_dir is not None and (self.checkpoint_dir / ckpt.CONFIG_NAME).exists():
+            at = f" (step {self._saved_step})" if self._saved_step is not None else ""
+            kept = f" Nothing was saved: the last good checkpoint, {self.checkpoint_dir}{at}, is untouched."
+        else:
+            kept = " Nothing was saved."
+        if self._check_every_step:
+            state = f" The weights in memory are those before step {step} (the bad step was not applied)."
+        else:
+            state = (f" The weights in memory are probably no longer finite (on {self.device.type}"
+                     f"{' with DDP' if self.dist.enabled else ''} the check runs at log, save and sample steps, "
+                     f"here at step {self.step}): continue from the last checkpoint.")
+        return what + kept + state
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -519,6 +641,7 @@ class Trainer:
                 self.elapsed = elapsed_before + time.perf_counter() - start_time
                 bar.update(1)
                 if self.step % c.log_every == 0:
+                    self._raise_if_nonfinite()  # before a NaN loss reaches the history
                     now = time.perf_counter()
                     loss = distributed.mean_across((loss_sum / loss_count).item(), self.device)
                     images = (self.step - last_log_step) * c.batch_size * c.grad_accum * self.dist.world_size
@@ -590,6 +713,7 @@ class Trainer:
         return x.float().cpu()
 
     def _sample_and_save_grid(self) -> None:
+        self._raise_if_nonfinite()
         self._sampled_step = self.step
         if self.is_main:
             images = self.sample()
@@ -647,6 +771,7 @@ class Trainer:
 
     def save(self, directory=None, sync: bool = True) -> Path | None:
         """Save a checkpoint (default: out_dir/checkpoint) plus history.json; rank 0 writes, all ranks wait."""
+        self._raise_if_nonfinite(collective=sync)  # never overwrite the last good checkpoint with NaN weights
         directory = Path(directory) if directory is not None else self.checkpoint_dir
         state = None
         if directory is not None and (sync or self.is_main):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_lite.__main__ import build_parser, main
+from ddpm_lite.__main__ import TRAIN_EXTRA_FLAGS, build_parser, main
+from ddpm_lite.train import RECIPES, TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--base-channels", "16", "--timesteps", "50", "--batch-size", "16", "--sample-n", "10", "--sample-steps", "2",
@@ -103,9 +104,27 @@ def test_labels_out_of_range(run_dir, capsys, tmp_path):
                   capsys, "comma-separated integers")
 
 
+def _expect_usage_error(argv, capsys, pattern):
+    """A bad flag value is an argparse error: one line, exit status 2."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert pattern in err and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("ddpm_lite: error:")
+    return err
+
+
 def test_unknown_dataset_and_preset(capsys, tmp_path):
-    _expect_exit2(["train", "--dataset", "imagenet", "--out", str(tmp_path / "r")], capsys, "unknown dataset")
-    _expect_exit2(["train", "--preset", "huge", "--out", str(tmp_path / "r")], capsys, "unknown preset")
+    from ddpm_lite.data import KNOWN_DATASETS
+    from ddpm_lite.unet import PRESETS
+
+    err = _expect_usage_error(["train", "--dataset", "imagenet", "--out", str(tmp_path / "r")], capsys,
+                              "invalid choice: 'imagenet'")
+    assert all(repr(name) in err for name in KNOWN_DATASETS)  # the error names the valid choices
+    err = _expect_usage_error(["train", "--preset", "huge", "--out", str(tmp_path / "r")], capsys,
+                              "invalid choice: 'huge'")
+    assert all(repr(name) in err for name in ("auto", "toy_mlp", *PRESETS))
     assert not (tmp_path / "r").exists()
 
 
@@ -123,9 +142,11 @@ def test_every_flag_has_help_text_and_shows_its_default():
             if action.dest != "help":
                 assert action.help, f"{name} {action.option_strings} has no help text"
         assert "(default: " in p.format_help()
-    args = parser.parse_args(["train"])  # no flags: class-conditional digits for 60 s
-    assert (args.dataset, args.conditional, args.max_seconds, args.max_steps) == ("digits", True, 60.0, None)
-    assert args.min_snr_gamma == "auto"  # the recipe decides (TrainConfig.resolved)
+    # no flags: nothing is set, so TrainConfig's defaults apply: class-conditional digits for 60 s
+    assert vars(parser.parse_args(["train"])) == {"command": "train"}
+    d = TrainConfig()
+    assert (d.dataset, d.conditional, d.max_seconds, d.max_steps) == ("digits", True, 60.0, None)
+    assert d.min_snr_gamma == "auto"  # the recipe decides (TrainConfig.resolved)
     for text, value in (("none", None), ("AUTO", "auto"), ("2.5", 2.5)):
         assert parser.parse_args(["train", "--min-snr-gamma", text]).min_snr_gamma == value
 
@@ -136,3 +157,132 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("ddpm_lite: error: checkpoint directory") and "Traceback" not in proc.stderr
+
+
+# -- the train flags are generated from TrainConfig ----------------------------------------------------------
+
+def _train_parser():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return parser, sub.choices["train"]
+
+
+def test_train_help_lists_every_field(capsys):
+    from dataclasses import fields
+
+    _, train = _train_parser()
+    dests = {a.dest for a in train._actions} - {"help"}
+    names = {f.name for f in fields(TrainConfig)}
+    assert dests - set(TRAIN_EXTRA_FLAGS) == names
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for name in names | set(TRAIN_EXTRA_FLAGS):
+        assert f"--{name.replace('_', '-')}" in text, name
+    for flag in ("--out", "--min-lr-ratio", "--sample-guidance", "--model-kwargs", "--no-conditional"):
+        assert flag in text
+
+
+def test_choices_come_from_the_package_constants(capsys):
+    from dataclasses import fields
+
+    from ddpm_lite.data import KNOWN_DATASETS
+    from ddpm_lite.diffusion import LOSS_TYPES, PARAMETERIZATIONS
+    from ddpm_lite.samplers import SAMPLERS
+    from ddpm_lite.schedules import SCHEDULES
+    from ddpm_lite.train import AMP_MODES, LR_SCHEDULES, PRESET_CHOICES
+
+    meta = {f.name: f.metadata for f in fields(TrainConfig)}
+    assert all(m.get("help") for m in meta.values())
+    expected = {"dataset": KNOWN_DATASETS, "preset": PRESET_CHOICES, "schedule": SCHEDULES,
+                "parameterization": PARAMETERIZATIONS, "loss_type": LOSS_TYPES, "lr_schedule": LR_SCHEDULES,
+                "amp": AMP_MODES, "sampler": SAMPLERS}
+    for name, constant in expected.items():
+        assert meta[name]["choices"] == tuple(constant), name
+    _, train = _train_parser()
+    for action in train._actions:
+        if action.dest in expected:
+            assert tuple(action.choices) == tuple(expected[action.dest]), action.dest
+    _expect_usage_error(["train", "--schedule", "quadratic"], capsys, "(choose from 'linear', 'cosine', 'sigmoid')")
+    _expect_usage_error(["train", "--sampler", "euler"], capsys, "invalid choice: 'euler'")
+
+
+def test_json_dict_bool_and_optional_flags(capsys):
+    parser = build_parser()
+    args = parser.parse_args(["train", "--model-kwargs", '{"attention_resolutions": [4], "base_channels": 8}',
+                              "--no-conditional", "--hflip", "--grad-clip", "none", "--max-steps", "7",
+                              "--out", "some/dir", "--min-lr-ratio", "0", "--sample-guidance", "1.5"])
+    assert args.model_kwargs == {"attention_resolutions": [4], "base_channels": 8}
+    assert (args.conditional, args.hflip, args.grad_clip, args.max_steps) == (False, True, None, 7)
+    assert (args.out_dir, args.min_lr_ratio, args.sample_guidance) == ("some/dir", 0.0, 1.5)
+    assert parser.parse_args(["train", "--out-dir", "x"]).out_dir == "x"
+    assert parser.parse_args(["train", "--conditional"]).conditional is True
+    _expect_usage_error(["train", "--model-kwargs", "{base_channels: 8}"], capsys, "expected a JSON object")
+    _expect_usage_error(["train", "--model-kwargs", "[4]"], capsys, "expected a JSON object (in braces)")
+    _expect_usage_error(["train", "--max-steps", "ten"], capsys, "argument --max-steps: expected int or none")
+    _expect_usage_error(["train", "--min-snr-gamma", "big"], capsys, "expected float, 'auto' or none")
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """main(["train", ...]) that builds the Trainer but does not train: the trainers built are collected."""
+    trainers = []
+
+    def no_training(self, steps=None):
+        trainers.append(self)
+        return []
+
+    monkeypatch.setattr(Trainer, "train", no_training)
+    before = torch.get_num_threads()
+    yield trainers
+    torch.set_num_threads(before)
+
+
+def test_explicit_flags_override_the_recipe_and_omitted_ones_take_it(built, tmp_path):
+    digits = RECIPES["digits"]
+    assert main(["train", "--lr", "1e-4", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    c = built[-1].config
+    assert c.lr == 1e-4 and c.out_dir == str(tmp_path / "a")
+    assert (c.batch_size, c.min_snr_gamma) == (digits["batch_size"], digits["min_snr_gamma"])  # the recipe's
+    assert main(["train", "--batch-size", "32", "--min-snr-gamma", "none", "--no-progress"]) == 0
+    c = built[-1].config
+    assert (c.batch_size, c.lr, c.min_snr_gamma, c.out_dir) == (32, digits["lr"], None, "auto")
+    # --base-channels is a shortcut into model_kwargs; it merges with --model-kwargs
+    assert main(["train", "--base-channels", "16", "--model-kwargs", '{"dropout": 0.0}', "--num-threads", "1",
+                 "--no-progress"]) == 0
+    assert built[-1].config.model_kwargs == {"dropout": 0.0, "base_channels": 16}
+    assert built[-1].raw_model.base_channels == 16
+
+
+def test_resume_overrides_only_the_flags_given(run_dir, tmp_path, built, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert main(["train", "--resume", str(copy), "--lr", "2e-3", "--max-steps", "9"]) == 0
+    from ddpm_lite.checkpoint import load_trainer_state
+
+    c, saved = built[-1].config, load_trainer_state(copy)["config"]
+    assert (c.lr, c.max_steps) == (2e-3, 9)
+    for name in ("batch_size", "timesteps", "sample_n", "num_threads", "progress", "model_kwargs"):
+        assert getattr(c, name) == saved[name], name  # omitted: the saved run's value, not TrainConfig's default
+    capsys.readouterr()
+    _expect_exit2(["train", "--resume", str(copy), "--base-channels", "8"], capsys, "cannot change when resuming")
+    _expect_exit2(["train", "--resume", str(copy), "--model-kwargs", "{}"], capsys, "cannot change when resuming")
+
+
+def test_non_finite_training_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    from ddpm_lite.train import NonFiniteError
+
+    def diverge(self, steps=None):
+        raise NonFiniteError("the loss became NaN/inf at step 3 although the batch was finite: ...\nNothing was "
+                             "saved.", step=3, kind="loss")
+
+    monkeypatch.setattr(Trainer, "train", diverge)
+    before = torch.get_num_threads()
+    assert main(["train", "--out", str(tmp_path / "r"), "--no-progress", "--num-threads", "1"]) == 1
+    torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert err.startswith("ddpm_lite: error: the loss became NaN/inf at step 3") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()

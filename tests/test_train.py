@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ddpm_lite import checkpoint as ckpt
-from ddpm_lite.train import TrainConfig, Trainer
+from ddpm_lite.train import NonFiniteError, TrainConfig, Trainer
 from ddpm_lite.unet import UNet
 
 
@@ -197,3 +197,89 @@ def test_resume_errors(tmp_path):
     ckpt.save_pretrained(tmp_path / "plain", model, GaussianDiffusion(timesteps=10))
     with pytest.raises(ckpt.CheckpointError, match="no trainer state"):
         Trainer.resume(tmp_path / "plain")
+
+
+# -- NaN/inf data or loss: a clear error, and the last good checkpoint stays on disk --------------------------
+
+def _checkpoint_files(run) -> dict:
+    return {p.name: p.read_bytes() for p in sorted((run / "checkpoint").iterdir())}
+
+
+def _finite(module) -> bool:
+    return all(torch.isfinite(v).all() for v in module.state_dict().values() if v.is_floating_point())
+
+
+def _nan_loss_at(trainer, step: int, monkeypatch):
+    """Make the loss NaN during the step that ends at `step` (1-based, as in the history)."""
+    real = trainer.diffusion.training_losses
+
+    def losses(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if trainer.step == step - 1:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.diffusion, "training_losses", losses)
+
+
+@pytest.mark.parametrize("every_step", [True, False], ids=["cpu-check-every-step", "gpu-style-deferred-check"])
+def test_nan_data_stops_training_naming_the_step_and_the_samples(tmp_path, every_step):
+    x, y = points(32)
+    x[[3, 17]] = float("nan")
+    x[20, 1] = float("inf")
+    trainer = Trainer(cfg(tmp_path, batch_size=32), dataset=(x, y))  # every batch holds the 3 bad samples
+    trainer._check_every_step = every_step  # False: the GPU path, which checks only at log/save/sample steps
+    before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    with pytest.raises(NonFiniteError, match="3 of 32 samples in the batch at step 1 contain NaN/inf") as info:
+        trainer.train()
+    message = str(info.value)
+    assert "dataset 'points' has 3 such samples out of 32 (indices 3, 17, 20)" in message
+    assert "Clean the data" in message and "Nothing was saved" in message
+    assert (info.value.step, info.value.kind, info.value.bad_samples) == (1, "data", 3)
+    assert trainer.history == [] and not (tmp_path / "run" / "checkpoint").exists()
+    if every_step:  # stopped before the step: nothing changed
+        assert trainer.step == 0
+        assert all(torch.equal(v, before[k]) for k, v in trainer.raw_model.state_dict().items())
+    else:  # found at the first log step; the weights in memory are gone, and the message says so
+        assert trainer.step == 2 and "no longer finite" in message and not _finite(trainer.raw_model)
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = Trainer(cfg(tmp_path, max_steps=10, save_every=4), dataset=points())
+    trainer.train(steps=4)  # a good checkpoint at step 4
+    good = _checkpoint_files(run)
+    _nan_loss_at(trainer, 6, monkeypatch)
+    with pytest.raises(NonFiniteError, match="the loss became NaN/inf at step 6 although the batch was finite"
+                       ) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "Lower the learning rate" in message
+    assert f"the last good checkpoint, {run / 'checkpoint'} (step 4), is untouched" in message
+    assert info.value.kind == "loss" and trainer.step == 5 and [h["step"] for h in trainer.history] == [2, 4]
+    assert _checkpoint_files(run) == good
+    model, _ = ckpt.from_pretrained(run)
+    assert _finite(model) and ckpt.load_trainer_state(run)["step"] == 4
+    # on the CPU the bad step was not applied: the trainer is intact and can go on
+    assert _finite(trainer.raw_model) and _finite(trainer.ema.module)
+    monkeypatch.undo()
+    trainer.train()
+    assert trainer.step == 10 and _finite(trainer.raw_model)
+
+
+def test_deferred_check_never_saves_nan_weights(tmp_path, monkeypatch):
+    """The GPU path (no host sync per step), forced on the CPU: the NaN loss of step 6 is only seen when step 8
+    is about to be saved, and that save is refused, as is any later one."""
+    run = tmp_path / "run"
+    trainer = Trainer(cfg(tmp_path, max_steps=12, save_every=4, log_every=10), dataset=points())
+    trainer._check_every_step = False
+    trainer.train(steps=4)
+    good = _checkpoint_files(run)
+    _nan_loss_at(trainer, 6, monkeypatch)
+    with pytest.raises(NonFiniteError, match="the loss became NaN/inf at step 6") as info:
+        trainer.train()
+    assert trainer.step == 8 and "here at step 8" in str(info.value) and not _finite(trainer.raw_model)
+    assert _checkpoint_files(run) == good
+    with pytest.raises(NonFiniteError):
+        trainer.save()
+    assert _checkpoint_files(run) == good and _finite(ckpt.from_pretrained(run)[0])
