@@ -382,7 +382,7 @@ def _export(args) -> int:
     try:
         config = ckpt.load_config(args.checkpoint)
         model = ckpt.load_weights(args.checkpoint, ckpt.model_from_config(config), "model")
-        diffusion = ckpt.build_diffusion(config)
+        diffusion = ckpt.diffusion_from_config(config)
         ema = None
         if config.get("has_ema"):
             ema = EMA(model)

@@ -365,7 +365,7 @@ def model_from_config(config: dict) -> nn.Module:
         raise CheckpointError(f"the checkpoint's model_config does not fit {name}: {e}") from None
 
 
-def build_diffusion(config: dict):
+def diffusion_from_config(config: dict):
     from .diffusion import GaussianDiffusion
 
     try:
@@ -412,7 +412,7 @@ def from_pretrained(directory, device="cpu", use_ema: bool = True):
     directory = resolve_checkpoint_dir(directory)
     config = load_config(directory)
     model = model_from_config(config)
-    diffusion = build_diffusion(config)
+    diffusion = diffusion_from_config(config)
     use_ema = use_ema and (config.get("has_ema") or (directory / EMA_WEIGHTS_NAME).exists())
     load_weights(directory, model, "ema" if use_ema else "model")
     return model.to(device).eval(), diffusion.to(device)

@@ -57,7 +57,7 @@ from . import distributed
 from .data import KNOWN_DATASETS
 from .device import pick_device
 from .diffusion import LOSS_TYPES, PARAMETERIZATIONS
-from .ema import EMA, unwrap_model
+from .ema import EMA
 from .samplers import SAMPLERS
 from .schedules import SCHEDULES
 from .unet import PRESETS
@@ -357,7 +357,7 @@ class Trainer:
                 model = default_model(config, self.sample_shape, num_classes)
         if diffusion is None:
             if resume_config is not None:
-                diffusion = ckpt.build_diffusion(resume_config)
+                diffusion = ckpt.diffusion_from_config(resume_config)
             else:
                 from .diffusion import GaussianDiffusion
 

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_lite import metrics, plots, samplers
-from ddpm_lite.checkpoint import build_model, from_pretrained, load_config
+from ddpm_lite.checkpoint import from_pretrained, load_config, model_from_config
 from ddpm_lite.data import load_dataset
 from ddpm_lite.device import pick_device
 from ddpm_lite.diffusion import GaussianDiffusion
@@ -495,7 +495,7 @@ for d in (0.9999, 0.999, 0.99):
 # An extreme case: let the network be *perfect* from step 1 (the pretrained weights) and keep an EMA of it
 # for 300 steps, started from a random initialisation, with and without warm-up.
 torch.manual_seed(0)
-random_init = build_model(load_config(REFERENCE)).to(device)
+random_init = model_from_config(load_config(REFERENCE)).to(device)
 ema_no_warmup = EMA(random_init, decay=0.9999, warmup=None)
 ema_warmup = EMA(random_init, decay=0.9999, warmup=10)
 for _ in range(300):
