@@ -1,4 +1,4 @@
-"""Measuring generated samples: a digits classifier, sample accuracy, Fréchet distance, precision/recall, bits/dim.
+"""Measuring generated samples: a digits classifier, sample accuracy, Fréchet distance, precision/recall.
 
 What is here, and what each number means:
 
@@ -13,10 +13,11 @@ What is here, and what each number means:
     real_floor                          FD between two disjoint halves of real data: the value a perfect
                                         generator would get at that sample size (FD is biased upwards for finite n)
     precision_recall                    k-NN manifold precision and recall (Kynkäänniemi et al. 2019)
-    bits_per_dim                        the variational bound −log p(x) in bits/dim (Ho et al. 2020, §4.2)
     fid_inception                       real FID, only if torchmetrics / torch-fidelity *and* the Inception
                                         weights (downloaded from the internet) are available
     evaluate_samples                    accuracy, FD, its real-data floor, precision, recall, in one dict
+
+The likelihood bound in bits/dim is `ddpm_lite.diffusion.bits_per_dim`, beside the diffusion's variational bound.
 
 All images follow the package convention: float tensors B×C×H×W in [−1, 1].
 """
@@ -40,7 +41,7 @@ __all__ = [
     "save_classifier", "load_classifier", "classifier_dir", "ClassifierNotFoundError", "MetricUnavailableError",
     "classify", "extract_features", "sample_accuracy", "per_class_accuracy",
     "frechet_distance", "frechet_distance_from_stats", "feature_statistics", "feature_frechet_distance",
-    "real_floor", "PrecisionRecall", "precision_recall", "bits_per_dim", "fid_inception", "evaluate_samples",
+    "real_floor", "PrecisionRecall", "precision_recall", "fid_inception", "evaluate_samples",
 ]
 
 CONFIG_NAME = "config.json"
@@ -529,70 +530,6 @@ def precision_recall(real_feats, fake_feats, k: int = 3, chunk: int = 1024) -> P
     fake_radii = _kth_nn_radius(fake, k, chunk)
     return PrecisionRecall(precision=_coverage(fake, real, real_radii, chunk),
                            recall=_coverage(real, fake, fake_radii, chunk))
-
-
-# -- bits per dimension ----------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def bits_per_dim(model, diffusion, images, labels=None, batch_size: int = 256, timesteps: int | None = None,
-                 clip_denoised: bool = True, generator: torch.Generator | None = None, progress: bool = True,
-                 return_all: bool = False):
-    """Negative log-likelihood bound in bits/dim, averaged over `images` (Ho et al. 2020, eq. 5 and §4.2):
-
-        L = L_T + Σ_{t>1} L_{t−1} + L_0,   bits/dim = L / (D · ln 2).
-
-    `timesteps=None` evaluates every term (`diffusion.calc_bpd_loop`: T model calls per batch). An int K
-    estimates the sum from K timesteps instead: L_0 exactly, plus one random t from each of K−1 equal strata of
-    the other T−1 steps weighted by the stratum size (an unbiased, stratified Monte-Carlo estimate; much faster
-    on a CPU, noisier). `labels` are passed as `y` (None: the null class for a class-conditional model).
-    Returns the mean bits/dim (float), or with `return_all` the per-image tensor [N].
-    """
-    from tqdm.auto import tqdm
-
-    if not isinstance(images, torch.Tensor) or images.dim() < 2:
-        raise ValueError(f"images: expected a float tensor B×C×H×W in [-1, 1], got {type(images).__name__}")
-    n, num_t = images.shape[0], diffusion.num_timesteps
-    if labels is not None:
-        labels = _labels_like(labels, n)
-    if timesteps is not None and not 2 <= int(timesteps) <= num_t:
-        raise ValueError(f"timesteps: expected None (all) or an int in [2, {num_t}], got {timesteps}")
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else images.device
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    results = []
-    try:
-        for i in tqdm(range(0, n, batch_size), desc="bits/dim", disable=not progress):
-            x0 = images[i:i + batch_size].to(device)
-            y = labels[i:i + batch_size].to(device) if labels is not None else None
-            if timesteps is None:
-                total = diffusion.calc_bpd_loop(model, x0, y=y, clip_denoised=clip_denoised,
-                                                generator=generator)["total_bpd"]
-            else:
-                total = _bpd_stratified(model, diffusion, x0, y, int(timesteps), clip_denoised, generator)
-            results.append(total.detach().to("cpu", torch.float64))
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
-    per_image = torch.cat(results)
-    return per_image if return_all else float(per_image.mean())
-
-
-def _bpd_stratified(model, diffusion, x0, y, k: int, clip_denoised: bool, generator) -> torch.Tensor:
-    b, num_t = x0.shape[0], diffusion.num_timesteps
-    total = diffusion.prior_bpd(x0).double()
-    edges = torch.linspace(1, num_t, k).round().long().tolist()  # k−1 strata covering [1, T)
-    points = [(0, 1.0)]
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        if hi > lo:
-            t = lo + int(torch.randint(0, hi - lo, (1,), generator=generator))
-            points.append((t, float(hi - lo)))
-    for t, weight in points:
-        tt = torch.full((b,), t, dtype=torch.long, device=x0.device)
-        xt = diffusion.q_sample(x0, tt, generator=generator)
-        total = total + weight * diffusion.vb_terms_bpd(model, x0, xt, tt, y, clip_denoised)["output"].double()
-    return total
 
 
 # -- FID with Inception-v3 (optional) --------------------------------------------------------------------------
