@@ -13,11 +13,11 @@ What is here, and what each number means:
     real_floor                          FD between two disjoint halves of real data: the value a perfect
                                         generator would get at that sample size (FD is biased upwards for finite n)
     precision_recall                    k-NN manifold precision and recall (Kynkäänniemi et al. 2019)
-    fid_inception                       real FID, only if torchmetrics / torch-fidelity *and* the Inception
-                                        weights (downloaded from the internet) are available
     evaluate_samples                    accuracy, FD, its real-data floor, precision, recall, in one dict
 
 The likelihood bound in bits/dim is `ddpm_lite.diffusion.bits_per_dim`, beside the diffusion's variational bound.
+There is no Inception FID here: the package is offline and 8×8 digits are not what Inception-v3 was made for;
+for published-comparable FID on larger images use torchmetrics' `FrechetInceptionDistance`.
 
 All images follow the package convention: float tensors B×C×H×W in [−1, 1].
 """
@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 __all__ = [
     "DigitsClassifier", "MNISTClassifier", "CLASSIFIER_PRESETS", "build_classifier", "fit_classifier",
-    "save_classifier", "load_classifier", "classifier_dir", "ClassifierNotFoundError", "MetricUnavailableError",
+    "save_classifier", "load_classifier", "classifier_dir", "ClassifierNotFoundError",
     "classify", "extract_features", "sample_accuracy", "per_class_accuracy",
     "frechet_distance", "frechet_distance_from_stats", "feature_statistics", "feature_frechet_distance",
-    "real_floor", "PrecisionRecall", "precision_recall", "fid_inception", "evaluate_samples",
+    "real_floor", "PrecisionRecall", "precision_recall", "evaluate_samples",
 ]
 
 CONFIG_NAME = "config.json"
@@ -51,10 +51,6 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class ClassifierNotFoundError(FileNotFoundError):
     """The classifier's weights (config.json + model.safetensors) are not where they were looked for."""
-
-
-class MetricUnavailableError(RuntimeError):
-    """A metric needs something this machine does not have (a package, downloaded weights)."""
 
 
 # -- the classifier ------------------------------------------------------------------------------------------
@@ -530,69 +526,6 @@ def precision_recall(real_feats, fake_feats, k: int = 3, chunk: int = 1024) -> P
     fake_radii = _kth_nn_radius(fake, k, chunk)
     return PrecisionRecall(precision=_coverage(fake, real, real_radii, chunk),
                            recall=_coverage(real, fake, fake_radii, chunk))
-
-
-# -- FID with Inception-v3 (optional) --------------------------------------------------------------------------
-
-
-def _to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-
-
-def fid_inception(images_a, images_b, device="cpu", batch_size: int = 64) -> float:
-    """The real FID (Heusel et al. 2017): Fréchet distance of Inception-v3 pool3 features (2048-d).
-
-    Uses torchmetrics (`FrechetInceptionDistance`) or torch-fidelity when installed; both need the Inception
-    weights, which they download from the internet on first use. Grey images are repeated to 3 channels and
-    resized to 299×299 by the backend. Meaningful only with thousands of samples (≥ 10k in the literature).
-    Raises `MetricUnavailableError` when no backend or no weights are available: offline, use
-    `feature_frechet_distance` (FD in the digits classifier's feature space) instead.
-    """
-    for name, x in (("images_a", images_a), ("images_b", images_b)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
-            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name}: expected a float tensor B×1×H×W or B×3×H×W in [-1, 1], got {shape}")
-    hint = ("FID needs Inception-v3 weights, downloaded from the internet by torchmetrics or torch-fidelity; "
-            "offline, use ddpm_lite.metrics.feature_frechet_distance (Fréchet distance in the digits "
-            "classifier's feature space) instead.")
-    errors = []
-    try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-    except Exception as e:  # ImportError, or torchmetrics installed without torch-fidelity
-        errors.append(f"torchmetrics: {e}")
-    else:
-        try:
-            fid = FrechetInceptionDistance(feature=2048).to(device)
-            for x, real in ((images_a, True), (images_b, False)):
-                for i in range(0, x.shape[0], batch_size):
-                    fid.update(_to_uint8_rgb(x[i:i + batch_size]).to(device), real=real)
-            return float(fid.compute())
-        except Exception as e:  # weights not downloadable, ...
-            errors.append(f"torchmetrics: {type(e).__name__}: {e}")
-    try:
-        import torch_fidelity
-    except Exception as e:
-        errors.append(f"torch-fidelity: {e}")
-    else:
-        try:
-            class _Images(torch.utils.data.Dataset):
-                def __init__(self, x):
-                    self.x = _to_uint8_rgb(x)
-
-                def __len__(self):
-                    return self.x.shape[0]
-
-                def __getitem__(self, i):
-                    return self.x[i]
-
-            out = torch_fidelity.calculate_metrics(
-                input1=_Images(images_a), input2=_Images(images_b), fid=True, batch_size=batch_size,
-                cuda=torch.device(device).type == "cuda", verbose=False)
-            return float(out["frechet_inception_distance"])
-        except Exception as e:
-            errors.append(f"torch-fidelity: {type(e).__name__}: {e}")
-    raise MetricUnavailableError(f"FID with Inception-v3 is unavailable here ({'; '.join(errors)}). {hint}")
 
 
 # -- everything at once ------------------------------------------------------------------------------------------
