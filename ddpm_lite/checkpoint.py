@@ -25,7 +25,7 @@ That is `atomic_directory`; single files (the trainer's history.json) go through
 `atomic_write_json` (a hidden temporary sibling, fsync'ed, then one rename). Every atomic write in the package
 goes through these.
 
-A network that is not a diffusion model's (a classifier, say) is saved in
+A network that is not a diffusion model's (the evaluation classifier, `ddpm_lite.classifier`) is saved in
 the same layout by `save_pretrained(directory, model)` without a diffusion: its config.json then has no
 "diffusion_config", and `load_model` reads it back.
 
@@ -76,10 +76,12 @@ def register_model(cls: type, name: str | None = None) -> type:
 
 def model_registry() -> dict[str, type]:
     """{class name: class} of every model `from_pretrained` can build."""
+    from .classifier import DigitsClassifier, MNISTClassifier
     from .toy_mlp import ToyMLP
     from .unet import UNet
 
-    return {"UNet": UNet, "ToyMLP": ToyMLP, **_EXTRA_MODELS}
+    return {"UNet": UNet, "ToyMLP": ToyMLP, "DigitsClassifier": DigitsClassifier, "MNISTClassifier": MNISTClassifier,
+            **_EXTRA_MODELS}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

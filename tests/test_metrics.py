@@ -2,14 +2,15 @@
 
 Fréchet distance against its closed form, the shipped digits classifier on held-out real digits,
 precision/recall at their extremes, and the error messages for bad input. Fast: everything runs on small
-tensors or the 1797 bundled digits. bits/dim is tested in test_diffusion.py.
+tensors or the 1797 bundled digits. The classifier's own files and training are in test_classifier.py,
+bits/dim in test_diffusion.py.
 """
 
 import numpy as np
 import pytest
 import torch
 
-from ddpm_lite import metrics
+from ddpm_lite import classifier, metrics
 from ddpm_lite.data import load_dataset
 
 
@@ -193,14 +194,7 @@ def test_bad_values_and_labels_are_explained():
         metrics.sample_accuracy(torch.zeros(3, 1, 8, 8), torch.zeros(4, dtype=torch.long))
 
 
-def test_missing_classifier_says_how_to_make_it(tmp_path, monkeypatch):
-    with pytest.raises(metrics.ClassifierNotFoundError, match="tools/train_classifier.py"):
-        metrics.load_classifier(path=tmp_path / "nowhere")
-    monkeypatch.setenv("DDPM_LITE_ASSETS", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"train_classifier.py --dataset digits"):
-        metrics.load_classifier("digits", cache=False)
-
-
-def test_unknown_classifier_preset_is_rejected():
-    with pytest.raises(ValueError, match="classifier preset"):
-        metrics.build_classifier("imagenet")
+def test_metrics_reexports_the_classifier_loader():
+    # the notebooks call metrics.load_classifier; it is ddpm_lite.classifier's
+    assert metrics.load_classifier is classifier.load_classifier
+    assert metrics.ClassifierNotFoundError is classifier.ClassifierNotFoundError
