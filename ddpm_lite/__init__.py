@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "schedules", "diffusion", "losses", "samplers", "toys", "unet", "toy_mlp", "data", "ema", "checkpoint",
-    "train", "distributed", "metrics", "plots", "widgets", "exercises", "device",
+    "train", "distributed", "metrics", "classifier", "plots", "widgets", "exercises", "device",
 )
 
 

@@ -21,6 +21,13 @@ is fsync'ed, and only then is it swapped into place by renames:
 
 If the process dies before the swap, `<name>` is still the previous checkpoint. (Between the two renames,
 which take microseconds, `<name>` is briefly missing; `from_pretrained` then points you at the backup.)
+That is `atomic_directory`; single files (the trainer's history.json) go through `atomic_write_bytes` /
+`atomic_write_json` (a hidden temporary sibling, fsync'ed, then one rename). Every atomic write in the package
+goes through these.
+
+A network that is not a diffusion model's (the evaluation classifier, `ddpm_lite.classifier`) is saved in
+the same layout by `save_pretrained(directory, model)` without a diffusion: its config.json then has no
+"diffusion_config", and `load_model` reads it back.
 
 A *run directory* written by the trainer holds the checkpoint in `<run>/checkpoint/` next to sample grids;
 every loader here accepts either the checkpoint directory or the run directory.
@@ -28,10 +35,12 @@ every loader here accepts either the checkpoint directory or the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -67,10 +76,12 @@ def register_model(cls: type, name: str | None = None) -> type:
 
 def model_registry() -> dict[str, type]:
     """{class name: class} of every model `from_pretrained` can build."""
+    from .classifier import DigitsClassifier, MNISTClassifier
     from .toy_mlp import ToyMLP
     from .unet import UNet
 
-    return {"UNet": UNet, "ToyMLP": ToyMLP, **_EXTRA_MODELS}
+    return {"UNet": UNet, "ToyMLP": ToyMLP, "DigitsClassifier": DigitsClassifier, "MNISTClassifier": MNISTClassifier,
+            **_EXTRA_MODELS}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -115,6 +126,68 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# -- atomic writes: the one implementation every save in the package goes through ----------------------------
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Replace the file `path` by `data` atomically: a reader sees the old file or the new one, never a part.
+
+    The bytes go to a hidden sibling `.tmp-<name>-<pid>`, are fsync'ed, and the sibling is renamed over `path`.
+    If anything fails (or is interrupted) before the rename, `path` is untouched and the sibling is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    try:
+        _write_bytes(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:  # including KeyboardInterrupt
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_json(path, obj, indent: int = 2) -> Path:
+    """`atomic_write_bytes` of `obj` as UTF-8 JSON with a final newline."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_directory(directory) -> Iterator[Path]:
+    """Write the directory `directory` as a whole: `with atomic_directory(d) as tmp:` fill the empty directory
+    `tmp`; when the block ends without an exception, `tmp` takes the place of `d` (the renames of the module
+    docstring). Write the files with `_write_bytes` / `_write_json`, which fsync them.
+
+    On an exception (or Ctrl-C) inside the block or during the swap, `tmp` is deleted and `d` is left as it
+    was (the previous version, or absent).
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
+    backup = directory.parent / f".old-{directory.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        # the swap: only renames from here on
+        if directory.exists():
+            if backup.exists():
+                shutil.rmtree(backup)
+            os.replace(directory, backup)
+            os.replace(tmp, directory)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+        _fsync_dir(directory.parent)
+    except BaseException:  # including KeyboardInterrupt: never leave a half-written directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if backup.exists() and not directory.exists():
+            os.replace(backup, directory)
+        raise
 
 
 def _tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -220,7 +293,7 @@ def _is_ddpm_lite_checkpoint(directory: Path) -> bool:
     return isinstance(cfg, dict) and cfg.get("format") == FORMAT_NAME
 
 
-def save_pretrained(directory, model: nn.Module, diffusion, ema=None, trainer_state: dict | None = None,
+def save_pretrained(directory, model: nn.Module, diffusion=None, ema=None, trainer_state: dict | None = None,
                     extra: dict | None = None) -> Path:
     """Write a checkpoint directory atomically (see the module docstring); returns its path.
 
@@ -228,7 +301,9 @@ def save_pretrained(directory, model: nn.Module, diffusion, ema=None, trainer_st
         directory: where the checkpoint goes. An existing ddpm_lite checkpoint there is replaced; any other
             non-empty directory is refused (so a typo cannot wipe, say, your run's sample grids).
         model: the network (DDP / torch.compile wrappers are unwrapped). Its class must be registered.
-        diffusion: the `GaussianDiffusion` (its `.config` is stored).
+        diffusion: the `GaussianDiffusion` (its `.config` is stored), or None for a network that is not a
+            diffusion model's (the evaluation classifier): config.json then has no "diffusion_config", and
+            `load_model` (not `from_pretrained`) loads it.
         ema: an `ddpm_lite.ema.EMA` (its averaged weights go to ema.safetensors), or None.
         trainer_state: a nested dict for resuming (tensors anywhere), or None.
         extra: a JSON-able dict stored under "extra" in config.json (dataset, sample shape, class names, ...).
@@ -251,22 +326,18 @@ def save_pretrained(directory, model: nn.Module, diffusion, ema=None, trainer_st
         "ddpm_lite_version": __version__,
         "model_class": _model_class_name(model),
         "model_config": dict(model.config),
-        "diffusion_config": dict(diffusion.config),
+        "diffusion_config": dict(diffusion.config) if diffusion is not None else None,
         "has_ema": ema is not None,
         "extra": dict(extra or {}),
     }
+    if diffusion is None:
+        del config["diffusion_config"]
     try:
         json.dumps(config)
     except TypeError as e:
         raise CheckpointError(f"config.json would not be valid JSON: {e}; keep model.config and extra JSON-able") from None
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
-    backup = directory.parent / f".old-{directory.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_directory(directory) as tmp:
         _write_json(tmp / CONFIG_NAME, config)
         _write_bytes(tmp / WEIGHTS_NAME, _tensors_to_bytes(model.state_dict()))
         if ema is not None:
@@ -275,22 +346,6 @@ def save_pretrained(directory, model: nn.Module, diffusion, ema=None, trainer_st
             skeleton, tensors = flatten_state(trainer_state)
             _write_bytes(tmp / TRAINER_TENSORS_NAME, _tensors_to_bytes(tensors))
             _write_json(tmp / TRAINER_STATE_NAME, {"format_version": FORMAT_VERSION, "state": skeleton})
-        _fsync_dir(tmp)
-        # the swap: only renames from here on
-        if directory.exists():
-            if backup.exists():
-                shutil.rmtree(backup)
-            os.replace(directory, backup)
-            os.replace(tmp, directory)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-        _fsync_dir(directory.parent)
-    except BaseException:  # including KeyboardInterrupt: never leave a half-written directory behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        if backup.exists() and not directory.exists():
-            os.replace(backup, directory)
-        raise
     return directory
 
 
@@ -329,8 +384,9 @@ def resolve_checkpoint_dir(directory) -> Path:
     return directory
 
 
-def load_config(directory) -> dict:
-    """Read and check a checkpoint's config.json."""
+def load_config(directory, diffusion: bool = True) -> dict:
+    """Read and check a checkpoint's config.json. With `diffusion=False` it may lack "diffusion_config" (a
+    network saved without a diffusion, like the evaluation classifier)."""
     directory = resolve_checkpoint_dir(directory)
     config = _read_json(directory / CONFIG_NAME)
     if config.get("format") != FORMAT_NAME:
@@ -343,9 +399,12 @@ def load_config(directory) -> dict:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{directory} has checkpoint format version {version!r}, but this ddpm_lite reads "
                               f"versions <= {FORMAT_VERSION}: upgrade ddpm_lite to load it")
-    for key in ("model_class", "model_config", "diffusion_config"):
+    for key in ("model_class", "model_config"):
         if key not in config:
             raise CheckpointError(f"{directory / CONFIG_NAME} lacks the {key!r} entry: the file is damaged")
+    if diffusion and "diffusion_config" not in config:
+        raise CheckpointError(f"{directory} holds a {config['model_class']} saved without a diffusion (no "
+                              f"'diffusion_config' in {CONFIG_NAME}): load it with ddpm_lite.checkpoint.load_model")
     return config
 
 
@@ -416,6 +475,18 @@ def from_pretrained(directory, device="cpu", use_ema: bool = True):
     use_ema = use_ema and (config.get("has_ema") or (directory / EMA_WEIGHTS_NAME).exists())
     load_weights(directory, model, "ema" if use_ema else "model")
     return model.to(device).eval(), diffusion.to(device)
+
+
+def load_model(directory, device="cpu", use_ema: bool = True) -> nn.Module:
+    """Load just the network of a checkpoint directory, in eval mode: a diffusion model's (its diffusion is
+    ignored) or one saved without a diffusion (the evaluation classifier). EMA weights when there are any and
+    `use_ema`. Raises `CheckpointError` with the reason if anything is wrong."""
+    directory = resolve_checkpoint_dir(directory)
+    config = load_config(directory, diffusion=False)
+    model = build_model(config)
+    use_ema = use_ema and (config.get("has_ema") or (directory / EMA_WEIGHTS_NAME).exists())
+    load_weights(directory, model, "ema" if use_ema else "model")
+    return model.to(device).eval()
 
 
 def load_trainer_state(directory) -> dict | None:

@@ -1,10 +1,9 @@
-"""Measuring generated samples: a digits classifier, sample accuracy, Fréchet distance, precision/recall, bits/dim.
+"""Measuring generated samples: sample accuracy, Fréchet distance, precision/recall, all read by a digits classifier.
 
 What is here, and what each number means:
 
-    DigitsClassifier, load_classifier   a small CNN trained on real 8×8 digits (weights ship in
-                                        assets/classifiers/digits/, made by tools/train_classifier.py)
     classify, sample_accuracy           "does a sample of class 3 look like a 3?" (class-conditional models)
+    extract_features                    the classifier's penultimate features, for FD and precision/recall
     frechet_distance(_from_stats)       the Fréchet (2-Wasserstein) distance between Gaussians fitted to two
                                         feature sets (Dowson & Landau 1982; as used by FID, Heusel et al. 2017)
     feature_frechet_distance            FD in the *digits classifier's* feature space. This is NOT FID: FID uses
@@ -13,279 +12,35 @@ What is here, and what each number means:
     real_floor                          FD between two disjoint halves of real data: the value a perfect
                                         generator would get at that sample size (FD is biased upwards for finite n)
     precision_recall                    k-NN manifold precision and recall (Kynkäänniemi et al. 2019)
-    bits_per_dim                        the variational bound −log p(x) in bits/dim (Ho et al. 2020, §4.2)
-    fid_inception                       real FID, only if torchmetrics / torch-fidelity *and* the Inception
-                                        weights (downloaded from the internet) are available
     evaluate_samples                    accuracy, FD, its real-data floor, precision, recall, in one dict
+    within_class_spread, saturated_fraction   diversity within classes and clipping saturation (notebook 07)
+
+The classifier itself (network, training, its files in assets/classifiers/) is `ddpm_lite.classifier`;
+`load_classifier` is re-exported here because the notebooks call `metrics.load_classifier`. The likelihood
+bound in bits/dim is `ddpm_lite.diffusion.bits_per_dim`, beside the diffusion's variational bound.
+There is no Inception FID here: the package is offline and 8×8 digits are not what Inception-v3 was made for;
+for published-comparable FID on larger images use torchmetrics' `FrechetInceptionDistance`.
 
 All images follow the package convention: float tensors B×C×H×W in [−1, 1].
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import warnings
-from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from .classifier import ClassifierNotFoundError, DigitsClassifier, load_classifier
 
 __all__ = [
-    "DigitsClassifier", "MNISTClassifier", "CLASSIFIER_PRESETS", "build_classifier", "fit_classifier",
-    "save_classifier", "load_classifier", "classifier_dir", "ClassifierNotFoundError", "MetricUnavailableError",
+    "load_classifier", "ClassifierNotFoundError",  # re-exported from ddpm_lite.classifier
     "classify", "extract_features", "sample_accuracy", "per_class_accuracy",
     "frechet_distance", "frechet_distance_from_stats", "feature_statistics", "feature_frechet_distance",
-    "real_floor", "PrecisionRecall", "precision_recall", "bits_per_dim", "fid_inception", "evaluate_samples",
+    "real_floor", "PrecisionRecall", "precision_recall", "evaluate_samples",
 ]
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ClassifierNotFoundError(FileNotFoundError):
-    """The classifier's weights (config.json + model.safetensors) are not where they were looked for."""
-
-
-class MetricUnavailableError(RuntimeError):
-    """A metric needs something this machine does not have (a package, downloaded weights)."""
-
-
-# -- the classifier ------------------------------------------------------------------------------------------
-
-
-class DigitsClassifier(nn.Module):
-    """A small CNN for grey-level digit images in [−1, 1] (8×8 sklearn digits by default, 28×28 MNIST too).
-
-    conv3×3 → ReLU → [max-pool] → conv3×3 → ReLU → [max-pool] → conv3×3 → ReLU → adaptive avg-pool to 2×2
-    → linear → ReLU (the `features`, `feature_dim` wide) → dropout → linear (logits).
-    A 2×2 max-pool follows the first two convolutions while the feature map is at least 8 pixels wide
-    (8×8: 8→4; 28×28: 28→14→7). `features(x)` is the penultimate layer, used by the Fréchet distance and
-    precision/recall the way FID uses Inception's pool3 layer (Heusel et al. 2017).
-    """
-
-    def __init__(self, image_size: int = 8, in_channels: int = 1, num_classes: int = 10,
-                 channels: Sequence[int] = (32, 64, 128), feature_dim: int = 64, dropout: float = 0.1):
-        super().__init__()
-        channels = [int(c) for c in channels]
-        if len(channels) != 3:
-            raise ValueError(f"channels: expected 3 widths (one per convolution), got {channels}")
-        if image_size < 4:
-            raise ValueError(f"image_size: expected >= 4, got {image_size}")
-        self.config = dict(image_size=int(image_size), in_channels=int(in_channels), num_classes=int(num_classes),
-                           channels=channels, feature_dim=int(feature_dim), dropout=float(dropout))
-        layers: list[nn.Module] = []
-        size, c_in = int(image_size), int(in_channels)
-        for i, c in enumerate(channels):
-            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU()]
-            if i < 2 and size >= 8:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-            c_in = c
-        layers.append(nn.AdaptiveAvgPool2d(2))
-        self.body = nn.Sequential(*layers)
-        self.fc = nn.Linear(channels[-1] * 4, feature_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(feature_dim, num_classes)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        c = self.config
-        return (c["in_channels"], c["image_size"], c["image_size"])
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate activations [B, feature_dim] (after the ReLU) of images B×C×H×W in [−1, 1]."""
-        return F.relu(self.fc(self.body(x).flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits [B, num_classes]."""
-        return self.head(self.dropout(self.features(x)))
-
-
-class MNISTClassifier(DigitsClassifier):
-    """The same CNN, sized for 28×28 MNIST / Fashion-MNIST by default."""
-
-    def __init__(self, image_size: int = 28, **kwargs):
-        super().__init__(image_size=image_size, **kwargs)
-
-
-_CLASSES = {"DigitsClassifier": DigitsClassifier, "MNISTClassifier": MNISTClassifier}
-
-CLASSIFIER_PRESETS: dict[str, dict] = {
-    "digits": dict(cls="DigitsClassifier", config=dict(image_size=8), shift=1,
-                   train=dict(epochs=60, batch_size=128, lr=3e-3, weight_decay=1e-4, noise=0.1)),
-    "mnist": dict(cls="MNISTClassifier", config=dict(image_size=28), shift=2,
-                  train=dict(epochs=4, batch_size=128, lr=2e-3, weight_decay=1e-4, noise=0.1)),
-    "fashion_mnist": dict(cls="MNISTClassifier", config=dict(image_size=28), shift=2,
-                          train=dict(epochs=8, batch_size=128, lr=2e-3, weight_decay=1e-4, noise=0.1)),
-}
-
-
-def build_classifier(name: str = "digits", **overrides) -> DigitsClassifier:
-    """An untrained classifier for a dataset preset ("digits", "mnist", "fashion_mnist")."""
-    if name not in CLASSIFIER_PRESETS:
-        raise ValueError(f"classifier preset: expected one of {sorted(CLASSIFIER_PRESETS)}, got {name!r}")
-    preset = CLASSIFIER_PRESETS[name]
-    return _CLASSES[preset["cls"]](**{**preset["config"], **overrides})
-
-
-def _random_shift(x: torch.Tensor, shift: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Translate each image by an independent integer offset in [−shift, shift]² (background −1 fills in)."""
-    if shift <= 0:
-        return x
-    b, _, h, w = x.shape
-    padded = F.pad(x, (shift,) * 4, value=-1.0)
-    dy = torch.randint(0, 2 * shift + 1, (b,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * shift + 1, (b,), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # [B, H, 1]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # [B, 1, W]
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-
-
-def augment(x: torch.Tensor, shift: int = 1, noise: float = 0.1, generator: torch.Generator | None = None):
-    """Light augmentation so the classifier also reads imperfect generated samples: random shifts of up to
-    `shift` pixels and Gaussian noise with a per-image σ drawn uniformly from [0, noise], clipped to [−1, 1]."""
-    x = _random_shift(x, shift, generator)
-    if noise > 0:
-        sigma = torch.rand(x.shape[0], 1, 1, 1, generator=generator).to(x) * noise
-        x = (x + sigma * torch.randn(x.shape, generator=generator).to(x)).clamp(-1, 1)
-    return x
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-    model.train(was_training)
-    return correct / max(len(images), 1)
-
-
-def fit_classifier(model: DigitsClassifier, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 60,
-                   batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 1e-4, shift: int = 1,
-                   noise: float = 0.1, label_smoothing: float = 0.05, seed: int = 0,
-                   eval_images: torch.Tensor | None = None, eval_labels: torch.Tensor | None = None,
-                   progress: bool = True) -> dict:
-    """Train `model` in place with AdamW + cosine LR decay on augmented images (see `augment`).
-
-    Returns a small log: {"epochs", "steps", "train_accuracy", "eval_accuracy" (or None), "loss"}.
-    """
-    from tqdm.auto import tqdm
-
-    _check_images(images, model, "images")
-    labels = torch.as_tensor(labels, dtype=torch.long, device=images.device)
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"labels: expected shape [{images.shape[0]}], got {list(labels.shape)}")
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout
-    steps_per_epoch = math.ceil(len(images) / batch_size)
-    total = epochs * steps_per_epoch
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * s / total)))
-    model.train()
-    loss_value = float("nan")
-    bar = tqdm(range(epochs), desc="classifier", disable=not progress)
-    for _ in bar:
-        perm = torch.randperm(len(images), generator=gen).to(images.device)
-        for i in range(0, len(images), batch_size):
-            idx = perm[i:i + batch_size]
-            x = augment(images[idx], shift=shift, noise=noise, generator=gen)
-            loss = F.cross_entropy(model(x), labels[idx], label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_value = float(loss)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-    model.eval()
-    log = {"epochs": epochs, "steps": total, "loss": loss_value,
-           "train_accuracy": _accuracy(model, images, labels), "eval_accuracy": None}
-    if eval_images is not None:
-        log["eval_accuracy"] = _accuracy(model, eval_images.to(images.device),
-                                         torch.as_tensor(eval_labels, dtype=torch.long, device=images.device))
-    return log
-
-
-def save_classifier(model: DigitsClassifier, directory: str | os.PathLike, **metadata) -> Path:
-    """Write `config.json` (class, config, `metadata`) and `model.safetensors` into `directory` (no pickle).
-
-    Each file is written to a temporary name and renamed into place, so a crash leaves the old files intact.
-    """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = directory / f".tmp-{WEIGHTS_NAME}-{os.getpid()}"
-    save_file(state, str(tmp), metadata={"format": "ddpm_lite.classifier"})
-    os.replace(tmp, directory / WEIGHTS_NAME)
-    config = {"class": type(model).__name__, "config": model.config, **metadata}
-    tmp = directory / f".tmp-{CONFIG_NAME}-{os.getpid()}"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, directory / CONFIG_NAME)
-    return directory
-
-
-def classifier_dir(name: str = "digits") -> Path:
-    """Where the shipped classifier `name` lives: `$DDPM_LITE_ASSETS/classifiers/<name>` if that environment
-    variable is set, else `<repo>/assets/classifiers/<name>`."""
-    root = Path(os.environ["DDPM_LITE_ASSETS"]) if os.environ.get("DDPM_LITE_ASSETS") else _REPO_ROOT / "assets"
-    return root / "classifiers" / name
-
-
-_CACHE: dict[tuple[str, str], DigitsClassifier] = {}
-
-
-def load_classifier(name: str = "digits", device="cpu", path: str | os.PathLike | None = None,
-                    cache: bool = True) -> DigitsClassifier:
-    """Load a trained classifier (eval mode, gradients off) from `path`, or the shipped one named `name`.
-
-    Safetensors + JSON only, never pickle. Loaded classifiers are cached per (directory, device), so calling
-    this in a loop is cheap; pass `cache=False` for a private copy. Raises `ClassifierNotFoundError` saying
-    which command makes the weights when they are missing.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(path) if path is not None else classifier_dir(name)
-    device = torch.device(device)
-    key = (str(directory.resolve()), str(device))
-    if cache and key in _CACHE:
-        return _CACHE[key]
-    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    if not config_path.is_file() or not weights_path.is_file():
-        dataset = name if path is None else "<dataset>"
-        raise ClassifierNotFoundError(
-            f"no trained classifier at {directory} (expected {CONFIG_NAME} and {WEIGHTS_NAME}). "
-            f"Make one with: python tools/train_classifier.py --dataset {dataset} --out {directory}")
-    meta = json.loads(config_path.read_text())
-    cls_name = meta.get("class")
-    if cls_name not in _CLASSES:
-        raise ValueError(f"{config_path}: class: expected one of {sorted(_CLASSES)}, got {cls_name!r}")
-    model = _CLASSES[cls_name](**meta["config"])
-    try:
-        state = load_file(str(weights_path))
-    except SafetensorError as e:
-        raise ValueError(f"{weights_path} is not a readable safetensors file: {e}") from e
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{weights_path} does not match the classifier described in {config_path}: {e}") from e
-    model.dataset = meta.get("dataset", name)
-    model.metadata = meta
-    model.to(device).eval().requires_grad_(False)
-    if cache:
-        _CACHE[key] = model
-    return model
 
 
 # -- classifying samples ---------------------------------------------------------------------------------------
@@ -529,133 +284,6 @@ def precision_recall(real_feats, fake_feats, k: int = 3, chunk: int = 1024) -> P
     fake_radii = _kth_nn_radius(fake, k, chunk)
     return PrecisionRecall(precision=_coverage(fake, real, real_radii, chunk),
                            recall=_coverage(real, fake, fake_radii, chunk))
-
-
-# -- bits per dimension ----------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def bits_per_dim(model, diffusion, images, labels=None, batch_size: int = 256, timesteps: int | None = None,
-                 clip_denoised: bool = True, generator: torch.Generator | None = None, progress: bool = True,
-                 return_all: bool = False):
-    """Negative log-likelihood bound in bits/dim, averaged over `images` (Ho et al. 2020, eq. 5 and §4.2):
-
-        L = L_T + Σ_{t>1} L_{t−1} + L_0,   bits/dim = L / (D · ln 2).
-
-    `timesteps=None` evaluates every term (`diffusion.calc_bpd_loop`: T model calls per batch). An int K
-    estimates the sum from K timesteps instead: L_0 exactly, plus one random t from each of K−1 equal strata of
-    the other T−1 steps weighted by the stratum size (an unbiased, stratified Monte-Carlo estimate; much faster
-    on a CPU, noisier). `labels` are passed as `y` (None: the null class for a class-conditional model).
-    Returns the mean bits/dim (float), or with `return_all` the per-image tensor [N].
-    """
-    from tqdm.auto import tqdm
-
-    if not isinstance(images, torch.Tensor) or images.dim() < 2:
-        raise ValueError(f"images: expected a float tensor B×C×H×W in [-1, 1], got {type(images).__name__}")
-    n, num_t = images.shape[0], diffusion.num_timesteps
-    if labels is not None:
-        labels = _labels_like(labels, n)
-    if timesteps is not None and not 2 <= int(timesteps) <= num_t:
-        raise ValueError(f"timesteps: expected None (all) or an int in [2, {num_t}], got {timesteps}")
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else images.device
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    results = []
-    try:
-        for i in tqdm(range(0, n, batch_size), desc="bits/dim", disable=not progress):
-            x0 = images[i:i + batch_size].to(device)
-            y = labels[i:i + batch_size].to(device) if labels is not None else None
-            if timesteps is None:
-                total = diffusion.calc_bpd_loop(model, x0, y=y, clip_denoised=clip_denoised,
-                                                generator=generator)["total_bpd"]
-            else:
-                total = _bpd_stratified(model, diffusion, x0, y, int(timesteps), clip_denoised, generator)
-            results.append(total.detach().to("cpu", torch.float64))
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
-    per_image = torch.cat(results)
-    return per_image if return_all else float(per_image.mean())
-
-
-def _bpd_stratified(model, diffusion, x0, y, k: int, clip_denoised: bool, generator) -> torch.Tensor:
-    b, num_t = x0.shape[0], diffusion.num_timesteps
-    total = diffusion.prior_bpd(x0).double()
-    edges = torch.linspace(1, num_t, k).round().long().tolist()  # k−1 strata covering [1, T)
-    points = [(0, 1.0)]
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        if hi > lo:
-            t = lo + int(torch.randint(0, hi - lo, (1,), generator=generator))
-            points.append((t, float(hi - lo)))
-    for t, weight in points:
-        tt = torch.full((b,), t, dtype=torch.long, device=x0.device)
-        xt = diffusion.q_sample(x0, tt, generator=generator)
-        total = total + weight * diffusion.vb_terms_bpd(model, x0, xt, tt, y, clip_denoised)["output"].double()
-    return total
-
-
-# -- FID with Inception-v3 (optional) --------------------------------------------------------------------------
-
-
-def _to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-
-
-def fid_inception(images_a, images_b, device="cpu", batch_size: int = 64) -> float:
-    """The real FID (Heusel et al. 2017): Fréchet distance of Inception-v3 pool3 features (2048-d).
-
-    Uses torchmetrics (`FrechetInceptionDistance`) or torch-fidelity when installed; both need the Inception
-    weights, which they download from the internet on first use. Grey images are repeated to 3 channels and
-    resized to 299×299 by the backend. Meaningful only with thousands of samples (≥ 10k in the literature).
-    Raises `MetricUnavailableError` when no backend or no weights are available: offline, use
-    `feature_frechet_distance` (FD in the digits classifier's feature space) instead.
-    """
-    for name, x in (("images_a", images_a), ("images_b", images_b)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
-            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name}: expected a float tensor B×1×H×W or B×3×H×W in [-1, 1], got {shape}")
-    hint = ("FID needs Inception-v3 weights, downloaded from the internet by torchmetrics or torch-fidelity; "
-            "offline, use ddpm_lite.metrics.feature_frechet_distance (Fréchet distance in the digits "
-            "classifier's feature space) instead.")
-    errors = []
-    try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-    except Exception as e:  # ImportError, or torchmetrics installed without torch-fidelity
-        errors.append(f"torchmetrics: {e}")
-    else:
-        try:
-            fid = FrechetInceptionDistance(feature=2048).to(device)
-            for x, real in ((images_a, True), (images_b, False)):
-                for i in range(0, x.shape[0], batch_size):
-                    fid.update(_to_uint8_rgb(x[i:i + batch_size]).to(device), real=real)
-            return float(fid.compute())
-        except Exception as e:  # weights not downloadable, ...
-            errors.append(f"torchmetrics: {type(e).__name__}: {e}")
-    try:
-        import torch_fidelity
-    except Exception as e:
-        errors.append(f"torch-fidelity: {e}")
-    else:
-        try:
-            class _Images(torch.utils.data.Dataset):
-                def __init__(self, x):
-                    self.x = _to_uint8_rgb(x)
-
-                def __len__(self):
-                    return self.x.shape[0]
-
-                def __getitem__(self, i):
-                    return self.x[i]
-
-            out = torch_fidelity.calculate_metrics(
-                input1=_Images(images_a), input2=_Images(images_b), fid=True, batch_size=batch_size,
-                cuda=torch.device(device).type == "cuda", verbose=False)
-            return float(out["frechet_inception_distance"])
-        except Exception as e:
-            errors.append(f"torch-fidelity: {type(e).__name__}: {e}")
-    raise MetricUnavailableError(f"FID with Inception-v3 is unavailable here ({'; '.join(errors)}). {hint}")
 
 
 # -- everything at once ------------------------------------------------------------------------------------------

@@ -781,10 +781,7 @@ class Trainer:
                      "num_classes": self.num_classes, "classes": self.dataset_info.get("classes")}
             ckpt.save_pretrained(directory, self.raw_model, self.diffusion, ema=self.ema, trainer_state=state,
                                  extra=extra)
-            history_path = directory.parent / "history.json"
-            tmp = history_path.with_name(f".{history_path.name}.tmp")
-            tmp.write_text(json.dumps(self.history, indent=1))
-            os.replace(tmp, history_path)
+            ckpt.atomic_write_json(directory.parent / "history.json", self.history, indent=1)
         self._saved_step = self.step
         if sync:
             distributed.barrier()

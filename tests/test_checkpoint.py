@@ -116,6 +116,63 @@ def test_atomic_save_keeps_previous_checkpoint_on_crash(saved, monkeypatch):
     assert _same_weights(loaded, model) and loaded.config["dropout"] == 0.0
 
 
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path, monkeypatch, error):
+    path = ckpt.atomic_write_json(tmp_path / "history.json", [{"step": 1}], indent=1)
+    assert json.loads(path.read_text()) == [{"step": 1}] and path.read_text().endswith("\n")
+    real_write = ckpt._write_bytes
+
+    def crash_mid_write(p, data):
+        real_write(p, data[: len(data) // 2])  # part of the new file is on disk ...
+        raise error  # ... then the write fails (or Ctrl-C)
+
+    monkeypatch.setattr(ckpt, "_write_bytes", crash_mid_write)
+    with pytest.raises(type(error)):
+        ckpt.atomic_write_json(path, [{"step": 1}, {"step": 2}])
+    with pytest.raises(type(error)):
+        ckpt.atomic_write_bytes(tmp_path / "new.bin", b"0123456789")
+    monkeypatch.setattr(ckpt, "_write_bytes", real_write)
+    assert json.loads(path.read_text()) == [{"step": 1}]  # the previous file, intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]  # no .tmp-* left, no new.bin
+    ckpt.atomic_write_bytes(path, b"[]")
+    assert path.read_bytes() == b"[]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]
+
+
+def test_atomic_directory_replaces_as_a_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "d"
+    with ckpt.atomic_directory(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".tmp-d-") and not target.exists()
+        ckpt._write_bytes(tmp / "a.txt", b"first")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with pytest.raises(RuntimeError, match="midway"):
+        with ckpt.atomic_directory(target) as tmp:
+            ckpt._write_bytes(tmp / "a.txt", b"second")
+            ckpt._write_bytes(tmp / "b.txt", b"second")
+            raise RuntimeError("midway")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"] and (target / "a.txt").read_bytes() == b"first"
+    with ckpt.atomic_directory(target) as tmp:
+        ckpt._write_bytes(tmp / "b.txt", b"second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_model_without_diffusion_round_trip(tmp_path, saved):
+    model = ToyMLP()
+    path = save_pretrained(tmp_path / "net", model, extra={"what": "a network alone"})
+    config = json.loads((path / ckpt.CONFIG_NAME).read_text())
+    assert "diffusion_config" not in config and config["extra"] == {"what": "a network alone"}
+    loaded = ckpt.load_model(path)
+    assert type(loaded) is ToyMLP and _same_weights(loaded, model) and not loaded.training
+    with pytest.raises(CheckpointError, match="without a diffusion.*load_model"):
+        from_pretrained(path)
+    # load_model also takes just the network of a full checkpoint (EMA weights by default)
+    ckpt_path, raw, ema, _ = saved
+    assert _same_weights(ckpt.load_model(ckpt_path), ema.module)
+    assert _same_weights(ckpt.load_model(ckpt_path, use_ema=False), raw)
+
+
 def test_atomic_swap_restores_backup_if_rename_fails(saved, monkeypatch):
     path, model, ema, diffusion = saved
     real_replace = os.replace
@@ -237,7 +294,7 @@ def test_register_custom_model(tmp_path):
 
 
 def test_no_pickle_in_checkpointing_code():
-    for name in ("checkpoint.py", "train.py", "ema.py", "__main__.py", "distributed.py"):
+    for name in ("checkpoint.py", "train.py", "ema.py", "__main__.py", "distributed.py", "classifier.py"):
         source = (PACKAGE / name).read_text()
         code = "\n".join(line.split("#")[0] for line in source.splitlines())
         assert not re.search(r"\btorch\.(load|save)\s*\(", code), name

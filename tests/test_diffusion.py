@@ -5,8 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
-from ddpm_lite.diffusion import GaussianDiffusion, dynamic_threshold
+from ddpm_lite.data import load_dataset
+from ddpm_lite.diffusion import GaussianDiffusion, bits_per_dim, dynamic_threshold
 from ddpm_lite.losses import discretized_gaussian_log_likelihood, min_snr_weight, normal_kl
 from ddpm_lite.schedules import NoiseSchedule
 
@@ -175,6 +177,81 @@ def test_bits_per_dim_exact_denoiser_beats_zero_model(gen):
     assert torch.allclose(good["total_bpd"], good["vb"].sum(1) + good["prior_bpd"])
     # The exact model makes every KL term ~0: only the decoder cost of 17 levels remains.
     assert float(good["total_bpd"].mean()) < 0.2 < float(bad["total_bpd"].mean())
+
+
+# -- bits per dimension --------------------------------------------------------------------------------------
+
+
+class _ExactSinglePoint(nn.Module):
+    """The optimal ε-predictor when the data is one image x*: ε = (x_t − √ᾱ_t x*) / √(1 − ᾱ_t)."""
+
+    def __init__(self, diffusion, x_star):
+        super().__init__()
+        self.diffusion, self.x_star = diffusion, x_star
+
+    def forward(self, x, t, y=None):
+        return self.diffusion.predict_eps_from_x0(x, t, self.x_star.expand_as(x))
+
+
+class _Zero(nn.Module):
+    def forward(self, x, t, y=None):
+        return torch.zeros_like(x)
+
+
+def test_bits_per_dim_exact_model_beats_zero_model():
+    x_star = load_dataset("digits", split="test").images[:1].float()
+    diffusion = GaussianDiffusion("linear", timesteps=100, data_levels=17)
+    batch = x_star.repeat(4, 1, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    exact = bits_per_dim(_ExactSinglePoint(diffusion, x_star), diffusion, batch, generator=gen,
+                         progress=False, return_all=True)
+    zero = bits_per_dim(_Zero(), diffusion, batch, generator=gen, progress=False, return_all=True)
+    assert exact.shape == (4,) and torch.isfinite(exact).all()
+    assert float(exact.min()) >= 0.0
+    # every KL term vanishes for the exact model: only the prior and the decoder remain (≪ 1 bit per pixel)
+    assert float(exact.max()) < 0.1
+    assert float(zero.min()) > float(exact.max()) + 1.0, (exact, zero)
+    # the stratified Monte-Carlo estimate agrees with the full sum for the exact model
+    strat = bits_per_dim(_ExactSinglePoint(diffusion, x_star), diffusion, batch, timesteps=10,
+                         generator=gen, progress=False)
+    assert strat == pytest.approx(float(exact.mean()), abs=0.05)
+
+
+def test_bits_per_dim_rejects_bad_input():
+    diffusion = GaussianDiffusion("linear", timesteps=10)
+    with pytest.raises(ValueError, match="timesteps"):
+        bits_per_dim(_Zero(), diffusion, torch.zeros(2, 1, 8, 8), timesteps=1, progress=False)
+    with pytest.raises(ValueError, match="images"):
+        bits_per_dim(_Zero(), diffusion, [0.0, 1.0], progress=False)
+    with pytest.raises(ValueError, match=r"expected 2 integer class labels"):
+        bits_per_dim(_Zero(), diffusion, torch.zeros(2, 1, 8, 8), labels=torch.zeros(3, dtype=torch.long),
+                     progress=False)
+
+
+def test_bits_per_dim_matches_calc_bpd_loop_and_passes_labels(gen):
+    """With every timestep, bits_per_dim is calc_bpd_loop's total averaged over batches; labels reach the model."""
+    d = GaussianDiffusion("linear", 20, data_levels=17)
+    x0 = (torch.randint(0, 17, (6, 1, 4, 4), generator=gen).float() / 16) * 2 - 1
+    seen = []
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, x, t, y=None):
+            seen.append(y)
+            return self.w * x
+
+    model = Scaled().train()
+    got = bits_per_dim(model, d, x0, labels=3, batch_size=4, generator=torch.Generator().manual_seed(1),
+                       progress=False, return_all=True)
+    assert model.training  # the train/eval mode is restored
+    assert all(y is not None and bool((y == 3).all()) for y in seen)
+    g = torch.Generator().manual_seed(1)
+    expected = torch.cat([d.calc_bpd_loop(model, x0[i:i + 4], y=torch.full((len(x0[i:i + 4]),), 3), generator=g)
+                          ["total_bpd"] for i in (0, 4)])
+    assert torch.allclose(got, expected.double())
 
 
 @pytest.mark.parametrize(

@@ -1,20 +1,17 @@
 """ddpm_lite.metrics on cases whose answer is known in advance.
 
 Fréchet distance against its closed form, the shipped digits classifier on held-out real digits,
-precision/recall at their extremes, bits/dim of an exact model against a useless one, and the error
-messages for bad input. Fast: everything runs on small tensors or the 1797 bundled digits.
+precision/recall at their extremes, and the error messages for bad input. Fast: everything runs on small
+tensors or the 1797 bundled digits. The classifier's own files and training are in test_classifier.py,
+bits/dim in test_diffusion.py.
 """
-
-import sys
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
-from ddpm_lite import metrics
+from ddpm_lite import classifier, metrics
 from ddpm_lite.data import load_dataset
-from ddpm_lite.diffusion import GaussianDiffusion
 
 
 @pytest.fixture(scope="module")
@@ -174,53 +171,6 @@ def test_precision_recall_rejects_bad_k():
         metrics.precision_recall(torch.randn(5, 2), torch.randn(5, 2), k=5)
 
 
-# -- bits per dimension --------------------------------------------------------------------------------------
-
-
-class _ExactSinglePoint(nn.Module):
-    """The optimal ε-predictor when the data is one image x*: ε = (x_t − √ᾱ_t x*) / √(1 − ᾱ_t)."""
-
-    def __init__(self, diffusion, x_star):
-        super().__init__()
-        self.diffusion, self.x_star = diffusion, x_star
-
-    def forward(self, x, t, y=None):
-        return self.diffusion.predict_eps_from_x0(x, t, self.x_star.expand_as(x))
-
-
-class _Zero(nn.Module):
-    def forward(self, x, t, y=None):
-        return torch.zeros_like(x)
-
-
-def test_bits_per_dim_exact_model_beats_zero_model(digits_test):
-    images, _ = digits_test
-    x_star = images[:1]
-    diffusion = GaussianDiffusion("linear", timesteps=100, data_levels=17)
-    batch = x_star.repeat(4, 1, 1, 1)
-    gen = torch.Generator().manual_seed(0)
-    exact = metrics.bits_per_dim(_ExactSinglePoint(diffusion, x_star), diffusion, batch, generator=gen,
-                                 progress=False, return_all=True)
-    zero = metrics.bits_per_dim(_Zero(), diffusion, batch, generator=gen, progress=False, return_all=True)
-    assert exact.shape == (4,) and torch.isfinite(exact).all()
-    assert float(exact.min()) >= 0.0
-    # every KL term vanishes for the exact model: only the prior and the decoder remain (≪ 1 bit per pixel)
-    assert float(exact.max()) < 0.1
-    assert float(zero.min()) > float(exact.max()) + 1.0, (exact, zero)
-    # the stratified Monte-Carlo estimate agrees with the full sum for the exact model
-    strat = metrics.bits_per_dim(_ExactSinglePoint(diffusion, x_star), diffusion, batch, timesteps=10,
-                                 generator=gen, progress=False)
-    assert strat == pytest.approx(float(exact.mean()), abs=0.05)
-
-
-def test_bits_per_dim_rejects_bad_input():
-    diffusion = GaussianDiffusion("linear", timesteps=10)
-    with pytest.raises(ValueError, match="timesteps"):
-        metrics.bits_per_dim(_Zero(), diffusion, torch.zeros(2, 1, 8, 8), timesteps=1, progress=False)
-    with pytest.raises(ValueError, match="images"):
-        metrics.bits_per_dim(_Zero(), diffusion, [0.0, 1.0], progress=False)
-
-
 # -- clear errors for bad input ------------------------------------------------------------------------------
 
 
@@ -244,27 +194,7 @@ def test_bad_values_and_labels_are_explained():
         metrics.sample_accuracy(torch.zeros(3, 1, 8, 8), torch.zeros(4, dtype=torch.long))
 
 
-def test_missing_classifier_says_how_to_make_it(tmp_path, monkeypatch):
-    with pytest.raises(metrics.ClassifierNotFoundError, match="tools/train_classifier.py"):
-        metrics.load_classifier(path=tmp_path / "nowhere")
-    monkeypatch.setenv("DDPM_LITE_ASSETS", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"train_classifier.py --dataset digits"):
-        metrics.load_classifier("digits", cache=False)
-
-
-def test_unknown_classifier_preset_is_rejected():
-    with pytest.raises(ValueError, match="classifier preset"):
-        metrics.build_classifier("imagenet")
-
-
-def test_fid_without_inception_backends_raises_a_clear_error(monkeypatch):
-    # simulate a machine without torchmetrics / torch-fidelity (or one that cannot download the weights)
-    monkeypatch.setitem(sys.modules, "torchmetrics", None)
-    monkeypatch.setitem(sys.modules, "torchmetrics.image", None)
-    monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", None)
-    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
-    x = torch.zeros(4, 1, 8, 8)
-    with pytest.raises(metrics.MetricUnavailableError, match="feature_frechet_distance"):
-        metrics.fid_inception(x, x)
-    with pytest.raises(ValueError, match="B×1×H×W or B×3×H×W"):
-        metrics.fid_inception(torch.zeros(4, 2, 8, 8), x)
+def test_metrics_reexports_the_classifier_loader():
+    # the notebooks call metrics.load_classifier; it is ddpm_lite.classifier's
+    assert metrics.load_classifier is classifier.load_classifier
+    assert metrics.ClassifierNotFoundError is classifier.ClassifierNotFoundError
