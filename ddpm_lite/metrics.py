@@ -35,6 +35,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .device import model_device
+from .models import eval_mode
+
 __all__ = [
     "DigitsClassifier", "MNISTClassifier", "CLASSIFIER_PRESETS", "build_classifier", "fit_classifier",
     "save_classifier", "load_classifier", "classifier_dir", "ClassifierNotFoundError", "MetricUnavailableError",
@@ -160,12 +163,10 @@ def augment(x: torch.Tensor, shift: int = 1, noise: float = 0.1, generator: torc
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
-    was_training = model.training
-    model.eval()
     correct = 0
-    for i in range(0, len(images), batch_size):
-        correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(images), batch_size):
+            correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
     return correct / max(len(images), 1)
 
 
@@ -311,23 +312,32 @@ def _check_images(images, classifier: nn.Module, name: str = "images") -> torch.
     return images
 
 
-def _resolve(classifier, like: torch.Tensor | None = None) -> DigitsClassifier:
+def resolve_classifier(classifier=None, like: torch.Tensor | None = None, image_shape=None) -> DigitsClassifier | None:
+    """The classifier a caller means: a module as it is; None or a name loads the shipped one (default
+    "digits") onto `like`'s device (CPU without `like`); "auto" loads the shipped digits classifier when
+    `image_shape` is 1×8×8 and the weights exist, and is None otherwise (no classifier fits)."""
+    if isinstance(classifier, str) and classifier == "auto":
+        if image_shape is None or tuple(image_shape) != (1, 8, 8):
+            return None
+        try:
+            return resolve_classifier("digits", like)
+        except (FileNotFoundError, ValueError):
+            return None
     if classifier is None or isinstance(classifier, str):
         device = like.device if isinstance(like, torch.Tensor) else "cpu"
         return load_classifier(classifier or "digits", device=device)
     return classifier
 
 
+_resolve = resolve_classifier
+
+
 @torch.no_grad()
 def _batched(fn, classifier: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = next(classifier.parameters()).device
-    was_training = classifier.training
-    classifier.eval()
-    try:
+    device = model_device(classifier)
+    with eval_mode(classifier):
         out = [fn(images[i:i + batch_size].to(device=device, dtype=torch.float32).clamp(-1, 1))
                for i in range(0, images.shape[0], batch_size)]
-    finally:
-        classifier.train(was_training)
     return torch.cat(out)
 
 
@@ -557,12 +567,9 @@ def bits_per_dim(model, diffusion, images, labels=None, batch_size: int = 256, t
         labels = _labels_like(labels, n)
     if timesteps is not None and not 2 <= int(timesteps) <= num_t:
         raise ValueError(f"timesteps: expected None (all) or an int in [2, {num_t}], got {timesteps}")
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else images.device
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
+    device = model_device(model, default=images.device)
     results = []
-    try:
+    with eval_mode(model):
         for i in tqdm(range(0, n, batch_size), desc="bits/dim", disable=not progress):
             x0 = images[i:i + batch_size].to(device)
             y = labels[i:i + batch_size].to(device) if labels is not None else None
@@ -572,9 +579,6 @@ def bits_per_dim(model, diffusion, images, labels=None, batch_size: int = 256, t
             else:
                 total = _bpd_stratified(model, diffusion, x0, y, int(timesteps), clip_denoised, generator)
             results.append(total.detach().to("cpu", torch.float64))
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
     per_image = torch.cat(results)
     return per_image if return_all else float(per_image.mean())
 
@@ -726,8 +730,21 @@ def within_class_spread(features, labels) -> float:
 __all__ += ["within_class_spread"]
 
 
-def saturated_fraction(images, tol: float = 1e-3) -> torch.Tensor:
-    """Per image, the fraction of values at the edge of the data range, |x| ≥ 1 − tol ([B], float).
+SATURATION_TOL = 1e-3
+
+
+def saturated(values, tol: float = SATURATION_TOL) -> torch.Tensor:
+    """Which values are saturated, i.e. at the edge of the data range: |x| ≥ 1 − tol (a bool tensor).
+
+    The course's one definition of a saturated pixel (widgets, plots, notebook 07 and its exercise check).
+    tol = 1e-3 is an eighth of one 8-bit grey level (2/255 ≈ 0.008 in [−1, 1]): it counts the values that
+    clipping pinned to ±1, give or take float round-off, and not pixels that are merely very bright or dark.
+    """
+    return torch.as_tensor(values).abs() >= 1 - tol
+
+
+def saturated_fraction(images, tol: float = SATURATION_TOL) -> torch.Tensor:
+    """Per image, the fraction of `saturated` values, |x| ≥ 1 − tol ([B], float).
 
     Measures the saturation that static clipping of x̂_0 causes at large guidance weights (notebook 07).
     Images are ``B×…`` in [−1, 1].
@@ -735,7 +752,7 @@ def saturated_fraction(images, tol: float = 1e-3) -> torch.Tensor:
     x = torch.as_tensor(images)
     if x.dim() < 2:
         raise ValueError(f"images: expected a batch B×… with at least 2 dimensions, got shape {list(x.shape)}")
-    return (x.abs() >= 1 - tol).float().flatten(1).mean(dim=1)
+    return saturated(x, tol).float().flatten(1).mean(dim=1)
 
 
-__all__ += ["saturated_fraction"]
+__all__ += ["saturated", "saturated_fraction", "SATURATION_TOL", "resolve_classifier"]

@@ -51,6 +51,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .device import pick_device
 from .ema import EMA, unwrap_model
+from .models import eval_mode
 
 LR_SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "off")
@@ -576,16 +577,12 @@ class Trainer:
             labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         gen = torch.Generator().manual_seed(c.seed if seed is None else seed)
         steps = steps or (c.sample_steps if (sampler or c.sampler) != "ddpm" else None)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             with self._autocast():
                 x = samplers.sample(model, self.diffusion, (n, *self.sample_shape), sampler=sampler or c.sampler,
                                     steps=steps, y=labels,
                                     guidance=c.sample_guidance if guidance is None else guidance,
                                     generator=gen, device=self.device)
-        finally:
-            model.train(was_training)
         return x.float().cpu()
 
     def _sample_and_save_grid(self) -> None:
