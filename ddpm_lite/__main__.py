@@ -285,17 +285,15 @@ def _parse_labels(text: str | None, num_classes: int | None, n: int):
 
 
 def _sample_shape(config: dict, model) -> tuple:
+    from .models import sample_shape
+
     shape = config.get("extra", {}).get("sample_shape")
     if shape:
         return tuple(int(v) for v in shape)
-    mc = config["model_config"]
-    if "image_size" in mc:
-        size = mc["image_size"]
-        h, w = (size, size) if isinstance(size, int) else size
-        return (mc.get("in_channels", 3), h, w)
-    if "dim" in mc:
-        return (mc["dim"],)
-    raise UsageError("cannot tell the sample shape from the checkpoint's config.json")
+    try:
+        return sample_shape(config["model_config"])
+    except ValueError:
+        raise UsageError("cannot tell the sample shape from the checkpoint's config.json") from None
 
 
 def _sample(args) -> int:

@@ -483,7 +483,7 @@ def load_model(directory, device="cpu", use_ema: bool = True) -> nn.Module:
     `use_ema`. Raises `CheckpointError` with the reason if anything is wrong."""
     directory = resolve_checkpoint_dir(directory)
     config = load_config(directory, diffusion=False)
-    model = build_model(config)
+    model = model_from_config(config)
     use_ema = use_ema and (config.get("has_ema") or (directory / EMA_WEIGHTS_NAME).exists())
     load_weights(directory, model, "ema" if use_ema else "model")
     return model.to(device).eval()

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from .models import eval_mode
 
 __all__ = [
     "DigitsClassifier", "MNISTClassifier", "CLASSIFIER_PRESETS", "build_classifier", "augment", "fit_classifier",
@@ -97,6 +98,9 @@ _CLASSES = {"DigitsClassifier": DigitsClassifier, "MNISTClassifier": MNISTClassi
 CLASSIFIER_PRESETS: dict[str, dict] = {
     "digits": dict(cls="DigitsClassifier", config=dict(image_size=8), shift=1,
                    train=dict(epochs=60, batch_size=128, lr=3e-3, weight_decay=1e-4, noise=0.1)),
+    # 4000 training images: more epochs than full MNIST needs (30 epochs gave 96.9% held-out, 80 give 98.1%)
+    "mnist5k": dict(cls="MNISTClassifier", config=dict(image_size=28), shift=2,
+                    train=dict(epochs=80, batch_size=128, lr=2e-3, weight_decay=1e-4, noise=0.1)),
     "mnist": dict(cls="MNISTClassifier", config=dict(image_size=28), shift=2,
                   train=dict(epochs=4, batch_size=128, lr=2e-3, weight_decay=1e-4, noise=0.1)),
     "fashion_mnist": dict(cls="MNISTClassifier", config=dict(image_size=28), shift=2,
@@ -138,12 +142,10 @@ def augment(x: torch.Tensor, shift: int = 1, noise: float = 0.1, generator: torc
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
-    was_training = model.training
-    model.eval()
     correct = 0
-    for i in range(0, len(images), batch_size):
-        correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(images), batch_size):
+            correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
     return correct / max(len(images), 1)
 
 

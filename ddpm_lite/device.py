@@ -21,11 +21,11 @@ def pick_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def model_device(model) -> torch.device:
-    """The device of a model's first parameter or buffer (CPU for a plain function or an empty module)."""
+def model_device(model, default="cpu") -> torch.device:
+    """The device of a model's first parameter or buffer (`default` for a plain function or an empty module)."""
     for getter in ("parameters", "buffers"):
         tensors = getattr(model, getter, None)
         if tensors is not None:
             for tensor in tensors():
                 return tensor.device
-    return torch.device("cpu")
+    return torch.device(default)

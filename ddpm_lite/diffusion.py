@@ -20,7 +20,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .device import model_device
 from .losses import discretized_gaussian_log_likelihood, mean_flat, min_snr_weight, normal_kl
+from .models import eval_mode
 from .schedules import NoiseSchedule
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
@@ -491,12 +493,9 @@ def bits_per_dim(model, diffusion, images, labels=None, batch_size: int = 256, t
         labels = labels.long()
     if timesteps is not None and not 2 <= int(timesteps) <= num_t:
         raise ValueError(f"timesteps: expected None (all) or an int in [2, {num_t}], got {timesteps}")
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else images.device
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
+    device = model_device(model, default=images.device)
     results = []
-    try:
+    with eval_mode(model):
         for i in tqdm(range(0, n, batch_size), desc="bits/dim", disable=not progress):
             x0 = images[i:i + batch_size].to(device)
             y = labels[i:i + batch_size].to(device) if labels is not None else None
@@ -506,9 +505,6 @@ def bits_per_dim(model, diffusion, images, labels=None, batch_size: int = 256, t
             else:
                 total = _bpd_stratified(model, diffusion, x0, y, int(timesteps), clip_denoised, generator)
             results.append(total.detach().to("cpu", torch.float64))
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
     per_image = torch.cat(results)
     return per_image if return_all else float(per_image.mean())
 

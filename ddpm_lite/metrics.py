@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 
 from .classifier import ClassifierNotFoundError, DigitsClassifier, load_classifier
+from .device import model_device
+from .models import eval_mode
 
 __all__ = [
     "load_classifier", "ClassifierNotFoundError",  # re-exported from ddpm_lite.classifier
@@ -66,23 +68,40 @@ def _check_images(images, classifier: nn.Module, name: str = "images") -> torch.
     return images
 
 
-def _resolve(classifier, like: torch.Tensor | None = None) -> DigitsClassifier:
+# The shipped evaluation classifier for each image shape (assets/classifiers/<name>).
+CLASSIFIER_FOR_SHAPE = {(1, 8, 8): "digits", (1, 28, 28): "mnist5k"}
+
+
+def resolve_classifier(classifier=None, like: torch.Tensor | None = None, image_shape=None) -> DigitsClassifier | None:
+    """The classifier a caller means: a module as it is; a name loads that shipped classifier; None loads the
+    shipped one for the images' shape (`image_shape`, or that of the images `like`; see CLASSIFIER_FOR_SHAPE;
+    "digits" when neither is known). "auto" is None's choice, but gives None instead of an error when no
+    shipped classifier fits the shape or its weights are missing. Loaded onto `like`'s device (else CPU)."""
+    if image_shape is None and isinstance(like, torch.Tensor) and like.dim() == 4:
+        image_shape = tuple(like.shape[1:])
+    name = CLASSIFIER_FOR_SHAPE.get(tuple(image_shape)) if image_shape is not None else None
+    if isinstance(classifier, str) and classifier == "auto":
+        if name is None:
+            return None
+        try:
+            return resolve_classifier(name, like)
+        except (FileNotFoundError, ValueError):
+            return None
     if classifier is None or isinstance(classifier, str):
         device = like.device if isinstance(like, torch.Tensor) else "cpu"
-        return load_classifier(classifier or "digits", device=device)
+        return load_classifier(classifier or name or "digits", device=device)
     return classifier
+
+
+_resolve = resolve_classifier
 
 
 @torch.no_grad()
 def _batched(fn, classifier: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = next(classifier.parameters()).device
-    was_training = classifier.training
-    classifier.eval()
-    try:
+    device = model_device(classifier)
+    with eval_mode(classifier):
         out = [fn(images[i:i + batch_size].to(device=device, dtype=torch.float32).clamp(-1, 1))
                for i in range(0, images.shape[0], batch_size)]
-    finally:
-        classifier.train(was_training)
     return torch.cat(out)
 
 
@@ -354,8 +373,21 @@ def within_class_spread(features, labels) -> float:
 __all__ += ["within_class_spread"]
 
 
-def saturated_fraction(images, tol: float = 1e-3) -> torch.Tensor:
-    """Per image, the fraction of values at the edge of the data range, |x| ≥ 1 − tol ([B], float).
+SATURATION_TOL = 1e-3
+
+
+def saturated(values, tol: float = SATURATION_TOL) -> torch.Tensor:
+    """Which values are saturated, i.e. at the edge of the data range: |x| ≥ 1 − tol (a bool tensor).
+
+    The course's one definition of a saturated pixel (widgets, plots, notebook 07 and its exercise check).
+    tol = 1e-3 is an eighth of one 8-bit grey level (2/255 ≈ 0.008 in [−1, 1]): it counts the values that
+    clipping pinned to ±1, give or take float round-off, and not pixels that are merely very bright or dark.
+    """
+    return torch.as_tensor(values).abs() >= 1 - tol
+
+
+def saturated_fraction(images, tol: float = SATURATION_TOL) -> torch.Tensor:
+    """Per image, the fraction of `saturated` values, |x| ≥ 1 − tol ([B], float).
 
     Measures the saturation that static clipping of x̂_0 causes at large guidance weights (notebook 07).
     Images are ``B×…`` in [−1, 1].
@@ -363,7 +395,7 @@ def saturated_fraction(images, tol: float = 1e-3) -> torch.Tensor:
     x = torch.as_tensor(images)
     if x.dim() < 2:
         raise ValueError(f"images: expected a batch B×… with at least 2 dimensions, got shape {list(x.shape)}")
-    return (x.abs() >= 1 - tol).float().flatten(1).mean(dim=1)
+    return saturated(x, tol).float().flatten(1).mean(dim=1)
 
 
-__all__ += ["saturated_fraction"]
+__all__ += ["saturated", "saturated_fraction", "SATURATION_TOL", "resolve_classifier"]

@@ -547,7 +547,10 @@ def plot_value_histograms(values: Mapping, ax=None, bins: int = 80, range: tuple
                           title: str | None = None, logy: bool = True):
     """Overlaid histograms (fraction of values per bin) of several tensors, e.g. x̂_0 predictions, with the
     data range [−1, 1] marked. The legend gives each set's fraction of values outside [−1, 1] and at ±1
-    (|x| ≥ 0.999). Values outside ``range`` are counted in the end bins. Returns the ``Axes``."""
+    (`metrics.saturated`: |x| ≥ 0.999). Values outside ``range`` are counted in the end bins. Returns the
+    ``Axes``."""
+    from .metrics import saturated
+
     if ax is None:
         _, ax = plt.subplots(figsize=(5.0, 3.2))
     edges = np.linspace(range[0], range[1], bins + 1)
@@ -555,7 +558,7 @@ def plot_value_histograms(values: Mapping, ax=None, bins: int = 80, range: tuple
         v = to_numpy(v).ravel()
         counts, _ = np.histogram(np.clip(v, range[0], range[1]), bins=edges)
         outside = float(np.mean(np.abs(v) > 1.0))
-        at_one = float(np.mean(np.abs(v) >= 0.999))
+        at_one = float(saturated(v).double().mean())
         ax.stairs(counts / max(v.size, 1), edges, lw=1.5,
                   label=f"{name}: {100 * outside:.0f}% outside, {100 * at_one:.0f}% at ±1")
     for edge in (-1.0, 1.0):
@@ -646,6 +649,15 @@ def plot_sampler_benchmark(rows: Sequence[Mapping], axes=None, floor: float | No
     return fig
 
 
-SAMPLER_COLORS = {"DDPM": "#d62728", "DDIM η=1": "#9467bd", "DDIM": "#1f77b4", "DPM-Solver++(2M)": "#2ca02c"}
+# The samplers the course compares, one entry each (keys as in `widgets.SamplerExplorer`): the short name of plot
+# legends and benchmark rows (``plot_sampler_benchmark``'s ``sampler``), the label of the explorer's menu, and
+# one colour for both.
+SAMPLER_STYLES = {
+    "ddpm": dict(name="DDPM", label="DDPM (ancestral)", color="#d62728"),
+    "ddim": dict(name="DDIM", label="DDIM, η = 0", color="#1f77b4"),
+    "ddim-eta1": dict(name="DDIM η=1", label="DDIM, η = 1", color="#9467bd"),
+    "dpmpp2m": dict(name="DPM-Solver++(2M)", label="DPM-Solver++(2M)", color="#2ca02c"),
+}
+SAMPLER_COLORS = {style["name"]: style["color"] for style in SAMPLER_STYLES.values()}  # by short name
 
-__all__ += ["plot_timestep_spacings", "plot_sampler_benchmark", "SAMPLER_COLORS"]
+__all__ += ["plot_timestep_spacings", "plot_sampler_benchmark", "SAMPLER_STYLES", "SAMPLER_COLORS"]

@@ -29,6 +29,7 @@ import torch
 
 from .device import model_device
 from .diffusion import GaussianDiffusion, randn
+from .models import eval_mode
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
 SPACINGS = ("linspace", "leading", "trailing", "logsnr")
@@ -288,14 +289,8 @@ def sample(model, diffusion: GaussianDiffusion, shape, sampler: str = "ddim", st
     >>> x = sample(model, diffusion, (16, 1, 8, 8), sampler="ddim", steps=50, y=labels,
     ...            generator=torch.Generator().manual_seed(0))                      # doctest: +SKIP
     """
-    was_training = getattr(model, "training", False)
-    if was_training:
-        model.eval()
-    try:
+    with eval_mode(model):
         steps_iter = sample_steps(model, diffusion, shape, sampler, steps, y, guidance, eta, threshold, percentile,
                                   spacing, generator, device, x_T, progress)
         x = _last(steps_iter, x_T)
-    finally:
-        if was_training:
-            model.train()
     return x.clamp(-1.0, 1.0)

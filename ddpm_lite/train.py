@@ -39,9 +39,7 @@ applied); on a GPU it runs at log / save / sample steps, where the loop synchron
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -58,6 +56,7 @@ from .data import KNOWN_DATASETS
 from .device import pick_device
 from .diffusion import LOSS_TYPES, PARAMETERIZATIONS
 from .ema import EMA
+from .models import eval_mode
 from .samplers import SAMPLERS
 from .schedules import SCHEDULES
 from .unet import PRESETS
@@ -700,16 +699,12 @@ class Trainer:
             labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         gen = torch.Generator().manual_seed(c.seed if seed is None else seed)
         steps = steps or (c.sample_steps if (sampler or c.sampler) != "ddpm" else None)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             with self._autocast():
                 x = samplers.sample(model, self.diffusion, (n, *self.sample_shape), sampler=sampler or c.sampler,
                                     steps=steps, y=labels,
                                     guidance=c.sample_guidance if guidance is None else guidance,
                                     generator=gen, device=self.device)
-        finally:
-            model.train(was_training)
         return x.float().cpu()
 
     def _sample_and_save_grid(self) -> None:

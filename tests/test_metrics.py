@@ -180,7 +180,9 @@ def test_wrong_image_shape_names_the_expected_shape():
     with pytest.raises(ValueError, match=r"B×1×8×8"):
         metrics.sample_accuracy(torch.zeros(4, 8, 8), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"B×1×8×8"):
-        metrics.feature_frechet_distance(torch.zeros(4, 1, 28, 28), torch.zeros(4, 1, 28, 28))
+        metrics.feature_frechet_distance(torch.zeros(4, 1, 28, 28), torch.zeros(4, 1, 28, 28), classifier="digits")
+    with pytest.raises(ValueError, match=r"B×1×28×28.*\[4, 1, 8, 8\]"):
+        metrics.classify(torch.zeros(4, 1, 8, 8), classifier="mnist5k")
 
 
 def test_bad_values_and_labels_are_explained():

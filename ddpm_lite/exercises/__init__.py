@@ -11,6 +11,10 @@ look at. Exercise cells in the notebooks wrap their solution in nbgrader's marke
 
 and `python tools/make_student.py` (or `make student`) writes copies with each solution replaced by
 `raise NotImplementedError()`.
+
+Shared by every check: `call_answer` calls the learner's function (an unanswered exercise, i.e. that
+placeholder, becomes `NotAnsweredError` with the same `NOT_ANSWERED` message everywhere), `as_tensor`,
+`expect_close` and `allclose` compare, `passed` confirms.
 """
 
 from __future__ import annotations
@@ -25,8 +29,41 @@ class ExerciseError(AssertionError):
     """An exercise answer is wrong; the message says how."""
 
 
+NOT_ANSWERED = ("Not answered yet: replace `raise NotImplementedError()` in the exercise cell with your code, run it, "
+                "then run this check.")
+
+
+class NotAnsweredError(ExerciseError, NotImplementedError):
+    """The answer still is the student copy's placeholder `raise NotImplementedError()`. Also a
+    `NotImplementedError`, so it reads as "not done yet", never as a wrong answer."""
+
+
 def passed(message: str) -> None:
     print(f"✅ Correct: {message}")
+
+
+def call_answer(fn, name: str, *args):
+    """Call the learner's function `fn` (called `name` in messages) on `args` and return what it returns.
+
+    Not a function: `ExerciseError`. The placeholder `raise NotImplementedError()`: `NotAnsweredError` with
+    `NOT_ANSWERED`, the same in every notebook. Any other exception from the learner's code: `ExerciseError`
+    naming it (the check reports it instead of crashing).
+    """
+    if not callable(fn):
+        raise ExerciseError(f"pass your function itself (e.g. `{name}`, not `{name}(...)`), got {type(fn).__name__}")
+    try:
+        return fn(*args)
+    except ExerciseError:
+        raise
+    except NotImplementedError:
+        raise NotAnsweredError(NOT_ANSWERED) from None
+    except Exception as err:  # the learner's code: report, do not crash the check
+        raise ExerciseError(f"`{name}` raised {type(err).__name__}: {err}") from err
+
+
+def allclose(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+    """`torch.allclose` that is False (not an error) when the shapes differ: to recognise a known mistake."""
+    return a.shape == b.shape and bool(torch.allclose(a, b.to(a.dtype), rtol=rtol, atol=atol))
 
 
 def as_tensor(answer, name: str) -> torch.Tensor:

@@ -19,13 +19,9 @@ import torch
 
 from ..diffusion import GaussianDiffusion
 from ..schedules import NoiseSchedule
-from . import ExerciseError, as_tensor, expect_close, passed
+from . import ExerciseError, allclose, as_tensor, call_answer, expect_close, passed
 
 __all__ = ["check_posterior_coefficients", "check_eps_to_x0", "check_x0_to_v", "check_prior_bpd"]
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-7) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(a, b.to(a.dtype), rtol=rtol, atol=atol))
 
 
 def _matches(got: torch.Tensor, wrong: torch.Tensor, tol: float = 1e-3) -> bool:
@@ -46,19 +42,6 @@ def _low_precision(*values) -> bool:
     return any(torch.is_tensor(v) and v.is_floating_point() and v.dtype != torch.float64 for v in values)
 
 
-def _call(fn, *args, what: str):
-    if not callable(fn):
-        raise ExerciseError(f"pass your function itself (e.g. `check(my_function)`), got {type(fn).__name__}")
-    try:
-        return fn(*args)
-    except ExerciseError:
-        raise
-    except NotImplementedError:
-        raise ExerciseError(f"{what} still raises NotImplementedError: write your solution first.") from None
-    except Exception as err:  # the learner's code: report, do not crash the check
-        raise ExerciseError(f"{what} raised {type(err).__name__}: {err}") from err
-
-
 # -- exercise 1: the posterior mean coefficients (eq. 7) ------------------------------------------------------
 
 
@@ -73,7 +56,7 @@ def check_posterior_coefficients(fn) -> None:
     for name, T in (("linear", 1000), ("cosine", 50)):
         schedule = NoiseSchedule(name, T)
         betas = schedule.betas.clone()
-        out = _call(fn, betas.clone(), what="your function")
+        out = call_answer(fn, "posterior_coefficients", betas.clone())
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise ExerciseError(f"return two tensors, `(coef1, coef2)`: the x_0 and the x_t coefficient; got "
                                 f"{type(out).__name__}")
@@ -87,7 +70,7 @@ def check_posterior_coefficients(fn) -> None:
                                     f"per timestep")
 
         def close(a, b):
-            return _close(a, b, rtol=rtol, atol=1e-9)
+            return allclose(a, b, rtol=rtol, atol=1e-9)
 
         if close(c1, ref2) and close(c2, ref1):
             raise ExerciseError("the two coefficients are swapped: coef1 multiplies x_0 (it has β_t in it), coef2 "
@@ -132,7 +115,7 @@ def check_eps_to_x0(fn) -> None:
     `alpha_bar` is ᾱ_t per sample, shaped [B, 1, 1, 1] so it broadcasts over the pixels.
     """
     diffusion, t, x0, eps, xt, ab = _conversion_inputs()
-    got = as_tensor(_call(fn, xt.clone(), eps.clone(), ab.clone(), what="eps_to_x0"), "x0_hat")
+    got = as_tensor(call_answer(fn, "eps_to_x0", xt.clone(), eps.clone(), ab.clone()), "x0_hat")
     reference = diffusion.predict_x0_from_eps(xt, t, eps).double()
     a, x, e = ab.double(), xt.double(), eps.double()
     mistakes = [
@@ -156,7 +139,7 @@ def check_eps_to_x0(fn) -> None:
 def check_x0_to_v(fn) -> None:
     """`fn(x0, eps, alpha_bar)` must return v = √ᾱ_t ε − √(1 − ᾱ_t) x_0  (Salimans & Ho 2022, §4)."""
     diffusion, t, x0, eps, xt, ab = _conversion_inputs()
-    got = as_tensor(_call(fn, x0.clone(), eps.clone(), ab.clone(), what="x0_to_v"), "v")
+    got = as_tensor(call_answer(fn, "x0_to_v", x0.clone(), eps.clone(), ab.clone()), "v")
     reference = diffusion.get_v(x0, eps, t).double()
     a, x, e = ab.double(), x0.double(), eps.double()
     mistakes = [
@@ -196,7 +179,7 @@ def check_prior_bpd(fn) -> None:
     )
     for label, diffusion in cases:
         ab_T = diffusion.schedule.alphas_cumprod[-1].clone()
-        answer = _call(fn, x0.clone(), ab_T.clone(), what="prior_bpd")
+        answer = call_answer(fn, "prior_bpd", x0.clone(), ab_T.clone())
         got = as_tensor(answer, "L_T")
         reference = diffusion.prior_bpd(x0.double())  # float64: L_T ≈ 1e-5 here, float32 keeps ~3 digits of it
         if got.ndim == 0:
@@ -218,9 +201,9 @@ def check_prior_bpd(fn) -> None:
             ((0.5 * (a * x0.double() ** 2 + (1 - a) - 1 - 0.5 * math.log(1 - a))).mean(dim=(1, 2, 3)) / math.log(2),
              "the log term is log σ² = log(1 − ᾱ_T), the log of the *variance*, not of the standard deviation."),
         ]
-        if not _close(got, reference, rtol=rtol, atol=atol):
+        if not allclose(got, reference, rtol=rtol, atol=atol):
             for wrong, message in mistakes:
-                if _close(got, wrong, rtol=rtol, atol=atol):
+                if allclose(got, wrong, rtol=rtol, atol=atol):
                     raise ExerciseError(f"{message} (checked on {label})")
         expect_close(got, reference, "L_T", rtol=rtol, atol=atol,
                      hint=f"(checked on {label}) KL per dimension: ½(μ² + σ² − 1 − log σ²) with μ = √ᾱ_T x_0, "

@@ -18,22 +18,9 @@ import torch.nn as nn
 
 from ..diffusion import GaussianDiffusion
 from ..ema import EMA
-from . import ExerciseError, as_tensor, expect_close, passed
+from . import ExerciseError, as_tensor, call_answer, expect_close, passed
 
 __all__ = ["check_simple_loss", "check_ema_update", "check_ema_warmup", "TinyEpsModel"]
-
-
-def _call(fn, *args, what: str):
-    if not callable(fn):
-        raise ExerciseError(f"pass your function itself (e.g. `check(my_function)`), got {type(fn).__name__}")
-    try:
-        return fn(*args)
-    except ExerciseError:
-        raise
-    except NotImplementedError:  # the student copy's placeholder: let it surface as it is
-        raise
-    except Exception as err:  # the learner's code: report, do not crash the check
-        raise ExerciseError(f"{what} raised {type(err).__name__}: {err}") from err
 
 
 class TinyEpsModel(nn.Module):
@@ -74,7 +61,7 @@ def check_simple_loss(fn) -> None:
     t = torch.tensor([0, 3, 50, 200, 400, 600, 800, 999], dtype=torch.long)
     y = torch.arange(8, dtype=torch.long) % 10
     ab = diffusion.schedule.alphas_cumprod.to(torch.float32)
-    got = _call(fn, model, x0.clone(), t.clone(), noise.clone(), ab.clone(), y.clone(), what="l_simple")
+    got = call_answer(fn, "l_simple", model, x0.clone(), t.clone(), noise.clone(), ab.clone(), y.clone())
     if not torch.is_tensor(got):
         raise ExerciseError(f"return the loss as a torch tensor (a float cannot be back-propagated), got "
                             f"{type(got).__name__}: did you call .item()?")
@@ -141,7 +128,7 @@ def check_ema_update(fn) -> None:
     shadow_before = copy.deepcopy(shadow.state_dict())
     reference = EMA(shadow, decay=decay, warmup=None)  # copies `shadow` as it is now
     reference.update(model)
-    _call(fn, shadow, model, decay, what="ema_update")
+    call_answer(fn, "ema_update", shadow, model, decay)
     for name, p in model.state_dict().items():
         if not torch.equal(p, model_before[name]):
             raise ExerciseError(f"the model's weights changed ({name}): only the shadow copy may be updated.")
@@ -171,7 +158,7 @@ def check_ema_warmup(fn) -> None:
     for decay, warmup in ((0.9999, 10), (0.999, 10), (0.99, 5)):
         ref_ema = EMA(nn.Linear(1, 1), decay=decay, warmup=warmup)
         for step in (0, 1, 8, 80, 890, 10_000, 1_000_000):
-            got = _call(fn, step, decay, warmup, what="ema_decay")
+            got = call_answer(fn, "ema_decay", step, decay, warmup)
             got_t = as_tensor(got, "decay")
             if got_t.numel() != 1:
                 raise ExerciseError(f"return one number, got shape {tuple(got_t.shape)}")

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn as nn
 
-from . import ExerciseError, as_tensor, passed
+from . import ExerciseError, as_tensor, call_answer, passed
 
 __all__ = ["check_guided_eps", "check_drop_labels", "TinyConditionalNet"]
 
@@ -41,15 +41,6 @@ class TinyConditionalNet(nn.Module):
         return out.reshape(x.shape)
 
 
-def _call(fn, name, *args):
-    if not callable(fn):
-        raise ExerciseError(f"`{name}` should be a function, got {type(fn).__name__}")
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise ExerciseError(f"`{name}` still raises NotImplementedError: write your solution first") from None
-
-
 # -- exercise 1: the guided ε ----------------------------------------------------------------------------------
 
 def check_guided_eps(guided_eps) -> None:
@@ -70,7 +61,7 @@ def check_guided_eps(guided_eps) -> None:
     weights = (0.0, 1.0, 3.0, 7.5)
     answers, refs = [], []
     for w in weights:
-        got = as_tensor(_call(guided_eps, "guided_eps", eps_c, eps_u, w), "guided_eps(eps_cond, eps_uncond, w)")
+        got = as_tensor(call_answer(guided_eps, "guided_eps", eps_c, eps_u, w), "guided_eps(eps_cond, eps_uncond, w)")
         ref = diffusion.model_output(net, x, t, y, guidance=w).double()
         if got.shape != ref.shape:
             raise ExerciseError(f"guided_eps returned shape {tuple(got.shape)}, expected the shape of eps_cond "
@@ -115,7 +106,7 @@ def check_drop_labels(drop_labels) -> None:
     y = torch.arange(n) % num_classes
     for p in (0.1, 0.3):
         y_in = y.clone()
-        out = _call(drop_labels, "drop_labels", y_in, p, num_classes, torch.Generator().manual_seed(1))
+        out = call_answer(drop_labels, "drop_labels", y_in, p, num_classes, torch.Generator().manual_seed(1))
         if not torch.is_tensor(out):
             raise ExerciseError(f"drop_labels should return a tensor, got {type(out).__name__}")
         if not torch.equal(y_in, y):
@@ -144,15 +135,15 @@ def check_drop_labels(drop_labels) -> None:
                 else ""
             raise ExerciseError(f"with p = {p} you dropped a fraction {frac:.3f} of the labels, expected about "
                                 f"{p} ± {2 * sd:.3f}{hint}.")
-    none = _call(drop_labels, "drop_labels", y.clone(), 0.0, num_classes, torch.Generator().manual_seed(2))
+    none = call_answer(drop_labels, "drop_labels", y.clone(), 0.0, num_classes, torch.Generator().manual_seed(2))
     if not torch.equal(torch.as_tensor(none), y):
         raise ExerciseError("with p = 0 no label may be dropped.")
-    all_ = _call(drop_labels, "drop_labels", y.clone(), 1.0, num_classes, torch.Generator().manual_seed(2))
+    all_ = call_answer(drop_labels, "drop_labels", y.clone(), 1.0, num_classes, torch.Generator().manual_seed(2))
     if not bool((torch.as_tensor(all_) == num_classes).all()):
         raise ExerciseError("with p = 1 every label must become the null class.")
-    a = _call(drop_labels, "drop_labels", y.clone(), 0.5, num_classes, torch.Generator().manual_seed(3))
-    b = _call(drop_labels, "drop_labels", y.clone(), 0.5, num_classes, torch.Generator().manual_seed(3))
-    c = _call(drop_labels, "drop_labels", y.clone(), 0.5, num_classes, torch.Generator().manual_seed(4))
+    a = call_answer(drop_labels, "drop_labels", y.clone(), 0.5, num_classes, torch.Generator().manual_seed(3))
+    b = call_answer(drop_labels, "drop_labels", y.clone(), 0.5, num_classes, torch.Generator().manual_seed(3))
+    c = call_answer(drop_labels, "drop_labels", y.clone(), 0.5, num_classes, torch.Generator().manual_seed(4))
     if not torch.equal(a, b) or torch.equal(a, c):
         raise ExerciseError("draw the dropout mask from the `generator` argument (e.g. torch.rand(..., "
                             "generator=generator)) so that runs are reproducible.")

@@ -17,22 +17,9 @@ import torch
 from ..diffusion import GaussianDiffusion
 from ..samplers import ddim_steps
 from ..schedules import NoiseSchedule
-from . import ExerciseError, as_tensor, expect_close, passed
+from . import ExerciseError, allclose, as_tensor, call_answer, expect_close, passed
 
 __all__ = ["check_pred_x0", "check_ddim_step"]
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(a, b.to(a.dtype), rtol=rtol, atol=atol))
-
-
-def _call(fn, *args):
-    if not callable(fn):
-        raise ExerciseError(f"pass your function itself, got {type(fn).__name__}")
-    try:
-        return fn(*args)
-    except Exception as err:  # the learner's code: report, do not crash the check
-        raise ExerciseError(f"your function raised {type(err).__name__}: {err}") from err
 
 
 def _inputs(T: int, seed: int = 7):
@@ -53,7 +40,7 @@ def check_pred_x0(pred_x0_fn, schedule: str = "linear", T: int = 1000) -> None:
     x_t, eps = _inputs(T)
     t = torch.tensor([0, T // 10, T // 4, T // 2, 3 * T // 4], dtype=torch.long)
     reference = diffusion.predict_x0_from_eps(x_t.double(), t, eps.double())
-    got = as_tensor(_call(pred_x0_fn, x_t.clone(), t.clone(), eps.clone(), ab.clone()), "pred_x0(...)")
+    got = as_tensor(call_answer(pred_x0_fn, "pred_x0", x_t.clone(), t.clone(), eps.clone(), ab.clone()), "pred_x0(...)")
     if got.shape != reference.shape:
         raise ExerciseError(f"the result has shape {tuple(got.shape)}, expected {tuple(reference.shape)}. Hint: "
                             "reshape ᾱ[t] to [B, 1, 1, 1] so that it broadcasts over the pixels.")
@@ -68,7 +55,7 @@ def check_pred_x0(pred_x0_fn, schedule: str = "linear", T: int = 1000) -> None:
         (a.sqrt() * xd - (1 - a).sqrt() * ed, "multiply by 1/√ᾱ_t, not by √ᾱ_t (that is the v-formula's shape)."),
     ]
     for wrong, message in mistakes:
-        if _close(got, wrong):
+        if allclose(got, wrong, atol=1e-5):
             raise ExerciseError(message)
     expect_close(got, reference, "pred_x0(...)", rtol=1e-4, atol=1e-4,
                  hint="x̂_0 = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t with ᾱ_t = alphas_cumprod[t] for each sample.")
@@ -90,10 +77,10 @@ def check_ddim_step(ddim_step_fn, schedule: str = "linear", T: int = 1000) -> No
     cases = [(T - 1, T - 1 - T // 20), (T // 2, T // 2 - T // 10), (T // 10, 0), (T // 50, -1)]
     for t, t_prev in cases:
         reference = _ddim_reference(diffusion, x_t.double(), eps.double(), t, t_prev)
-        got = as_tensor(_call(ddim_step_fn, x_t.clone(), eps.clone(), t, t_prev, ab.clone()), "ddim_step(...)")
+        got = as_tensor(call_answer(ddim_step_fn, "ddim_step", x_t.clone(), eps.clone(), t, t_prev, ab.clone()), "ddim_step(...)")
         if got.shape != reference.shape:
             raise ExerciseError(f"the result has shape {tuple(got.shape)}, expected {tuple(reference.shape)}.")
-        if _close(got, reference, rtol=1e-4, atol=1e-4):
+        if allclose(got, reference, rtol=1e-4, atol=1e-4):
             continue
         where = f"(t = {t} -> t_prev = {t_prev})"
         a_t = float(ab[t])
@@ -118,7 +105,7 @@ def check_ddim_step(ddim_step_fn, schedule: str = "linear", T: int = 1000) -> No
             a_p1 = float(ab[t_prev + 1])
             mistakes.append((a_p1 ** 0.5 * x0 + (1 - a_p1) ** 0.5 * ed, "ᾱ_prev is alphas_cumprod[t_prev] (off by one)."))
         for wrong, message in mistakes:
-            if _close(got, wrong, rtol=1e-4, atol=1e-4):
+            if allclose(got, wrong, rtol=1e-4, atol=1e-4):
                 raise ExerciseError(f"{message} {where}")
         expect_close(got, reference, "ddim_step(...)", rtol=1e-4, atol=1e-4,
                      hint=f"{where}: x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev) ε̂ with x̂_0 from ε̂.")

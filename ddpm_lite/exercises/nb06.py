@@ -20,20 +20,9 @@ import torch
 
 from ..diffusion import GaussianDiffusion
 from ..samplers import ddim_sigma, ddim_steps, timestep_sequence
-from . import ExerciseError, as_tensor, passed
+from . import ExerciseError, as_tensor, call_answer, passed
 
 __all__ = ["check_ddim_sigma", "check_ddim_step", "check_trailing_timesteps"]
-
-
-def _call(fn, name: str, *args):
-    if not callable(fn):
-        raise ExerciseError(f"`{name}` should be a function, got {type(fn).__name__}")
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise ExerciseError(f"`{name}` still raises NotImplementedError: write your solution first") from None
-    except Exception as err:  # the learner's code: report it, do not crash the check
-        raise ExerciseError(f"`{name}` raised {type(err).__name__}: {err}") from err
 
 
 def _number(value, name: str) -> float:
@@ -61,7 +50,7 @@ def check_ddim_sigma(sigma_fn) -> None:
     for t, s in pairs:
         a_t, a_prev = float(ab[t]), float(ab[s])
         for eta in (0.0, 0.5, 1.0):
-            got = _number(_call(sigma_fn, "ddim_sigma", a_t, a_prev, eta), "ddim_sigma")
+            got = _number(call_answer(sigma_fn, "ddim_sigma", a_t, a_prev, eta), "ddim_sigma")
             ref = ddim_sigma(a_t, a_prev, eta)
             if math.isclose(got, ref, rel_tol=1e-6, abs_tol=1e-9):
                 continue
@@ -82,7 +71,7 @@ def check_ddim_sigma(sigma_fn) -> None:
                                 f"expected {ref:.6g}. σ = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev).")
     # η = 1, consecutive steps: DDPM's posterior variance β̃_t (Ho et al. 2020, eq. 7)
     for t in (1, 250, 999):
-        got = _number(_call(sigma_fn, "ddim_sigma", float(ab[t]), float(ab[t - 1]), 1.0), "ddim_sigma")
+        got = _number(call_answer(sigma_fn, "ddim_sigma", float(ab[t]), float(ab[t - 1]), 1.0), "ddim_sigma")
         beta_tilde = float(diffusion.schedule.posterior_variance[t])
         if not math.isclose(got ** 2, beta_tilde, rel_tol=1e-5):
             raise ExerciseError(f"at η = 1 and consecutive steps σ² should be DDPM's β̃_t = {beta_tilde:.6g} "
@@ -116,7 +105,7 @@ def check_ddim_step(ddim_step_fn) -> None:
         z = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
         sigma = ddim_sigma(a_t, a_prev, eta)
         x0, eps = first.pred_x0, first.eps
-        got = as_tensor(_call(ddim_step_fn, "ddim_step", x0.clone(), eps.clone(), a_prev, sigma, z.clone()),
+        got = as_tensor(call_answer(ddim_step_fn, "ddim_step", x0.clone(), eps.clone(), a_prev, sigma, z.clone()),
                         "ddim_step(...)")
         ref = first.x
         if got.shape != ref.shape:
@@ -150,7 +139,7 @@ def check_trailing_timesteps(trailing_fn) -> None:
     """`trailing_fn(T, steps)` must return the list of `steps` 0-based timestep indices visited, noisiest first,
     that `samplers.timestep_sequence(T, steps, "trailing")` returns (starts at T − 1, equal gaps T/steps)."""
     for T, steps in ((1000, 10), (1000, 50), (1000, 7), (100, 100), (1000, 1)):
-        got = _call(trailing_fn, "trailing_timesteps", T, steps)
+        got = call_answer(trailing_fn, "trailing_timesteps", T, steps)
         try:
             got = [int(v) for v in got]
         except (TypeError, ValueError):

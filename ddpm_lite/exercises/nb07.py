@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from . import ExerciseError, as_tensor, passed
-from .nb04 import TinyConditionalNet, _call
+from ..metrics import saturated
+from . import ExerciseError, as_tensor, call_answer, passed
+from .nb04 import TinyConditionalNet
 
 __all__ = ["check_dynamic_threshold", "check_scale_to_w", "check_saturated_fraction"]
 
@@ -41,7 +42,7 @@ def check_dynamic_threshold(dynamic_threshold) -> None:
     x = _test_batch()
     for p in (0.995, 0.9):
         x_in = x.clone()
-        got = as_tensor(_call(dynamic_threshold, "dynamic_threshold", x_in, p), "dynamic_threshold(x0, p)")
+        got = as_tensor(call_answer(dynamic_threshold, "dynamic_threshold", x_in, p), "dynamic_threshold(x0, p)")
         if not torch.equal(x_in, x):
             raise ExerciseError("dynamic_threshold modified x0 in place: return a new tensor.")
         ref = reference(x, p).double()
@@ -89,7 +90,7 @@ def check_scale_to_w(scale_to_w) -> None:
     y = torch.tensor([1, 3, 5, 7])
     eps_c, eps_u = net(x, t, y), net(x, t, null_labels(net, y))
     for s in (1.0, 2.0, 4.0, 7.5):
-        w = _call(scale_to_w, "scale_to_w", s)
+        w = call_answer(scale_to_w, "scale_to_w", s)
         try:
             w = float(w)
         except (TypeError, ValueError):
@@ -112,8 +113,8 @@ def check_saturated_fraction(saturated_fraction) -> None:
     g = torch.Generator().manual_seed(11)
     x = (torch.randn(6, 1, 8, 8, generator=g) * torch.linspace(0.2, 3.0, 6).reshape(6, 1, 1, 1)).clamp(-1, 1)
     x[0, 0, 0, :4] = -1.0
-    ref = (x.abs() >= 1 - 1e-3).double().flatten(1).mean(dim=1)
-    got = as_tensor(_call(saturated_fraction, "saturated_fraction", x.clone()), "saturated_fraction(x)")
+    ref = saturated(x, tol=1e-3).double().flatten(1).mean(dim=1)
+    got = as_tensor(call_answer(saturated_fraction, "saturated_fraction", x.clone()), "saturated_fraction(x)")
     if got.shape == ():
         if torch.isclose(got, ref.mean().to(got.dtype)):
             raise ExerciseError("return one fraction per sample (shape [B]), not the mean over the batch: "

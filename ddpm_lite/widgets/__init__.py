@@ -1,0 +1,28 @@
+"""Interactive ipywidgets explorers for the course notebooks.
+
+Every widget here follows the same recipe (docs/COURSE_CONVENTIONS.md), implemented once in `_base.Explorer`:
+
+* it *is* an ``ipywidgets.VBox`` (so a cell can end with ``w`` or ``display(w)``) with a stable CSS class
+  (``add_class``) that a browser test can look for: a row of controls, one image, one info line;
+* its controls and its picture are attributes (``w.slider``, ``w.dropdown``, ``w.image``, ``w.info``), so a
+  test can set ``w.slider.value = 500`` headlessly and read ``w.image.value`` (PNG bytes);
+* the matplotlib figure is made **once** (a bare ``matplotlib.figure.Figure``, not registered with pyplot,
+  so the inline backend never shows it and ``plt.get_fignums()`` does not change), and each move only
+  updates the artists (``set_data``, ``set_offsets``, …) and re-renders them with `plots.FrameRenderer`;
+* the heavy work is done up front (fixed noise, every sampling step computed once), so scrubbing is
+  responsive on a CPU.
+
+One explorer per module:
+
+    noise_step.py         NoiseStepExplorer   notebook 01: the forward process
+    sampling_scrubber.py  SamplingScrubber    notebook 05: the reverse process, step by step
+    guidance.py           GuidanceExplorer    notebooks 04 and 07: classifier-free guidance
+    sampler.py            SamplerExplorer     notebook 06: fast samplers
+"""
+
+from .guidance import GuidanceExplorer
+from .noise_step import NoiseStepExplorer
+from .sampler import SamplerExplorer
+from .sampling_scrubber import SamplingScrubber
+
+__all__ = ["NoiseStepExplorer", "SamplingScrubber", "GuidanceExplorer", "SamplerExplorer"]
