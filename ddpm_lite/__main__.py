@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="directory for the exported checkpoint")
     e.add_argument("--note", default=None, help="free text stored in config.json under extra.note "
                                                 "(e.g. the command that trained it)")
+    e.add_argument("--ema-only", action="store_true",
+                   help="ship only the EMA weights (the ones sampling uses), as model.safetensors: half the size")
+    e.add_argument("--fp16", action="store_true",
+                   help="store the weights in float16 (half the size again); they load back into float32")
     return parser
 
 
@@ -382,10 +386,20 @@ def _export(args) -> int:
         model = ckpt.load_weights(args.checkpoint, ckpt.model_from_config(config), "model")
         diffusion = ckpt.diffusion_from_config(config)
         ema = None
-        if config.get("has_ema"):
+        extra = dict(config.get("extra", {}))
+        if args.ema_only:
+            if not config.get("has_ema"):
+                raise ckpt.CheckpointError(f"--ema-only: {args.checkpoint} has no EMA weights to export")
+            ckpt.load_weights(args.checkpoint, model, "ema")  # the EMA weights become the model's
+            extra["weights"] = "ema"
+        elif config.get("has_ema"):
             ema = EMA(model)
             ckpt.load_weights(args.checkpoint, ema.module, "ema")
-        extra = dict(config.get("extra", {}))
+        if args.fp16:
+            model.half()
+            if ema is not None:
+                ema.module.half()
+            extra["stored_dtype"] = "float16"
         if args.note:
             extra["note"] = args.note
         out = ckpt.save_pretrained(args.out, model, diffusion, ema=ema, extra=extra)

@@ -92,6 +92,27 @@ def test_export_drops_trainer_state_and_loads(run_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_export_ema_only_in_fp16_is_small_and_samples_like_the_ema(run_dir, tmp_path, capsys):
+    from ddpm_lite import checkpoint as ckpt
+
+    full, small = tmp_path / "full", tmp_path / "small"
+    assert main(["export", "--checkpoint", str(run_dir), "--out", str(full)]) == 0
+    assert main(["export", "--checkpoint", str(run_dir), "--out", str(small), "--ema-only", "--fp16"]) == 0
+    assert sorted(p.name for p in small.iterdir()) == ["config.json", "model.safetensors"]
+    size = lambda d: sum(p.stat().st_size for p in d.glob("*.safetensors"))  # noqa: E731
+    assert size(small) < 0.3 * size(full)
+    config = ckpt.load_config(small)
+    assert config["extra"]["weights"] == "ema" and config["extra"]["stored_dtype"] == "float16"
+    ema, _ = ckpt.from_pretrained(run_dir)        # the EMA weights in float32
+    half, _ = ckpt.from_pretrained(small)
+    for (ka, va), (kb, vb) in zip(ema.state_dict().items(), half.state_dict().items()):
+        assert ka == kb and vb.dtype == torch.float32
+        assert torch.allclose(va, vb, rtol=1e-3, atol=1e-4)
+    # a run without EMA weights cannot be exported --ema-only
+    assert main(["export", "--checkpoint", str(small), "--out", str(tmp_path / "x"), "--ema-only"]) == 2
+    assert "no EMA weights" in capsys.readouterr().err
+
+
 def test_bad_checkpoint_path(capsys, tmp_path):
     _expect_exit2(["sample", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")], capsys,
                   "does not exist")
