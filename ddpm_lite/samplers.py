@@ -137,29 +137,41 @@ def _progress(iterable, progress: bool, desc: str):
 
 # -- DDPM: ancestral sampling (Ho et al. 2020, Algorithm 2) ----------------------------------------------------
 
+def _start_at(seq: list[int], t_start: int | None) -> list[int]:
+    """The part of a (descending) timestep sequence a run that starts at x_{t_start} visits."""
+    return seq if t_start is None else [t for t in seq if t <= t_start]
+
+
+@torch.no_grad()
+def ddpm_update(denoiser: Denoiser, diffusion: GaussianDiffusion, x: torch.Tensor, t: int, generator=None):
+    """One ancestral step x_t → x_{t−1} = μ̃_t(x̂_0, x_t) + σ_t z (no noise at t = 0); returns (x_{t−1}, x̂_0, ε̂)."""
+    tt = _full(x, t)
+    x0, eps = denoiser(x, tt)
+    mean, _, _ = diffusion.q_posterior_mean_variance(x0, x, tt)
+    if t == 0:
+        return mean, x0, eps
+    log_var = diffusion.model_log_variance(tt, x)
+    return mean + torch.exp(0.5 * log_var) * randn(x.shape, generator, x.device, x.dtype), x0, eps
+
+
 @torch.no_grad()
 def ddpm_steps(denoiser: Denoiser, diffusion: GaussianDiffusion, x: torch.Tensor, generator=None,
-               progress: bool = False) -> Iterator[Step]:
+               progress: bool = False, t_start: int | None = None) -> Iterator[Step]:
     """x_{t−1} = μ̃_t(x̂_0, x_t) + σ_t z for t = T … 1, z ~ N(0, I), no noise on the last step.
 
     μ̃ is the posterior mean of eq. 7 with the denoiser's x̂_0 (equal to eq. 11 without thresholding);
     σ_t² is the diffusion's variance choice (β̃_t or β_t). This is `sample` in the source material.
+    With `t_start`, `x` is x_{t_start} and the run starts there (image-to-image, `ddpm_lite.editing`).
     """
-    for i, t in enumerate(_progress(range(diffusion.num_timesteps - 1, -1, -1), progress, "DDPM")):
-        tt = _full(x, t)
-        x0, eps = denoiser(x, tt)
-        mean, _, _ = diffusion.q_posterior_mean_variance(x0, x, tt)
-        if t > 0:
-            log_var = diffusion.model_log_variance(tt, x)
-            x = mean + torch.exp(0.5 * log_var) * randn(x.shape, generator, x.device, x.dtype)
-        else:
-            x = mean
+    seq = _start_at(list(range(diffusion.num_timesteps - 1, -1, -1)), t_start)
+    for i, t in enumerate(_progress(seq, progress, "DDPM")):
+        x, x0, eps = ddpm_update(denoiser, diffusion, x, t, generator)
         yield Step(i, t - 1, x, x0, eps)
 
 
-def ddpm(denoiser, diffusion, x, generator=None, progress=False) -> torch.Tensor:
+def ddpm(denoiser, diffusion, x, generator=None, progress=False, t_start=None) -> torch.Tensor:
     """Ancestral sampling to the end; returns x_0. See `ddpm_steps`."""
-    return _last(ddpm_steps(denoiser, diffusion, x, generator, progress), x)
+    return _last(ddpm_steps(denoiser, diffusion, x, generator, progress, t_start), x)
 
 
 # -- DDIM (Song, Meng & Ermon 2021) -----------------------------------------------------------------------------
@@ -173,46 +185,60 @@ def ddim_sigma(alpha_bar_t: float, alpha_bar_prev: float, eta: float) -> float:
 
 
 @torch.no_grad()
+def ddim_update(denoiser: Denoiser, diffusion: GaussianDiffusion, x: torch.Tensor, t: int, t_prev: int,
+                eta: float = 0.0, generator=None):
+    """One DDIM step x_t → x_{t_prev} (eq. 12; t_prev = −1 is the data); returns (x_{t_prev}, x̂_0, ε̂)."""
+    x0, eps = denoiser(x, _full(x, t))
+    a_t, a_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
+    sigma = ddim_sigma(a_t, a_prev, eta)
+    x = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
+    if sigma > 0:
+        x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
+    return x, x0, eps
+
+
+@torch.no_grad()
 def ddim_steps(denoiser: Denoiser, diffusion: GaussianDiffusion, x: torch.Tensor, steps: int = 50,
-               eta: float = 0.0, spacing: str = "trailing", generator=None, progress: bool = False) -> Iterator[Step]:
+               eta: float = 0.0, spacing: str = "trailing", generator=None, progress: bool = False,
+               t_start: int | None = None) -> Iterator[Step]:
     """DDIM (Song et al. 2021, eq. 12) over `steps` timesteps:
 
     x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z, with σ from `ddim_sigma`.
     The process is non-Markovian but has the same marginals q(x_t|x_0) as DDPM, so a model trained for DDPM
-    can be sampled with far fewer steps.
+    can be sampled with far fewer steps. With `t_start`, `x` is x_{t_start} and only the sequence's timesteps
+    ≤ t_start are visited (image-to-image, `ddpm_lite.editing`).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta}")
-    seq = timestep_sequence(diffusion.num_timesteps, steps, spacing, diffusion.schedule.alphas_cumprod)
+    seq = _start_at(timestep_sequence(diffusion.num_timesteps, steps, spacing, diffusion.schedule.alphas_cumprod),
+                    t_start)
     for i, (t, t_prev) in enumerate(_progress(list(zip(seq, seq[1:] + [-1])), progress, "DDIM")):
-        x0, eps = denoiser(x, _full(x, t))
-        a_t, a_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
-        sigma = ddim_sigma(a_t, a_prev, eta)
-        x = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
-        if sigma > 0:
-            x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
+        x, x0, eps = ddim_update(denoiser, diffusion, x, t, t_prev, eta, generator)
         yield Step(i, t_prev, x, x0, eps)
 
 
-def ddim(denoiser, diffusion, x, steps=50, eta=0.0, spacing="trailing", generator=None, progress=False):
+def ddim(denoiser, diffusion, x, steps=50, eta=0.0, spacing="trailing", generator=None, progress=False,
+         t_start=None):
     """DDIM to the end; returns x_0. See `ddim_steps`."""
-    return _last(ddim_steps(denoiser, diffusion, x, steps, eta, spacing, generator, progress), x)
+    return _last(ddim_steps(denoiser, diffusion, x, steps, eta, spacing, generator, progress, t_start), x)
 
 
 # -- DPM-Solver++(2M) (Lu et al. 2022) --------------------------------------------------------------------------
 
 @torch.no_grad()
 def dpm_solver_pp_2m_steps(denoiser: Denoiser, diffusion: GaussianDiffusion, x: torch.Tensor, steps: int = 20,
-                           spacing: str = "logsnr", progress: bool = False) -> Iterator[Step]:
+                           spacing: str = "logsnr", progress: bool = False,
+                           t_start: int | None = None) -> Iterator[Step]:
     """DPM-Solver++(2M): a second-order multistep solver of the diffusion ODE in data-prediction form.
 
     With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ) and h_i = λ_{t_i} − λ_{t_{i−1}} (Lu et al. 2022, Algorithm 2):
     D_i = x̂_0(t_{i−1}) on the first step, else (1 + 1/(2r_i)) x̂_0(t_{i−1}) − 1/(2r_i) x̂_0(t_{i−2}) with
     r_i = h_{i−1}/h_i; x_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) x_{t_{i−1}} − α_{t_i} (e^{−h_i} − 1) D_i.
     The last step goes to the data (σ = 0), where the update reduces to x_0 = D_i; it is taken first order,
-    as usual for few steps. Deterministic: no noise is added.
+    as usual for few steps. Deterministic: no noise is added. `t_start`: as in `ddim_steps`.
     """
-    seq = timestep_sequence(diffusion.num_timesteps, steps, spacing, diffusion.schedule.alphas_cumprod)
+    seq = _start_at(timestep_sequence(diffusion.num_timesteps, steps, spacing, diffusion.schedule.alphas_cumprod),
+                    t_start)
     prev_x0, prev_h = None, None
     for i, (t, t_next) in enumerate(_progress(list(zip(seq, seq[1:] + [-1])), progress, "DPM-Solver++")):
         x0, eps = denoiser(x, _full(x, t))
@@ -235,9 +261,9 @@ def dpm_solver_pp_2m_steps(denoiser: Denoiser, diffusion: GaussianDiffusion, x: 
         yield Step(i, t_next, x, x0, eps)
 
 
-def dpm_solver_pp_2m(denoiser, diffusion, x, steps=20, spacing="logsnr", progress=False):
+def dpm_solver_pp_2m(denoiser, diffusion, x, steps=20, spacing="logsnr", progress=False, t_start=None):
     """DPM-Solver++(2M) to the end; returns x_0. See `dpm_solver_pp_2m_steps`."""
-    return _last(dpm_solver_pp_2m_steps(denoiser, diffusion, x, steps, spacing, progress), x)
+    return _last(dpm_solver_pp_2m_steps(denoiser, diffusion, x, steps, spacing, progress, t_start), x)
 
 
 def _last(steps: Iterator[Step], x: torch.Tensor) -> torch.Tensor:
@@ -251,12 +277,14 @@ def _last(steps: Iterator[Step], x: torch.Tensor) -> torch.Tensor:
 def sample_steps(model, diffusion: GaussianDiffusion, shape, sampler: str = "ddim", steps: int | None = None,
                  y=None, guidance: float = 0.0, eta: float = 0.0, threshold: str | None = "static",
                  percentile: float = 0.995, spacing: str | None = None, generator: torch.Generator | None = None,
-                 device=None, x_T: torch.Tensor | None = None, progress: bool = False) -> Iterator[Step]:
+                 device=None, x_T: torch.Tensor | None = None, progress: bool = False,
+                 t_start: int | None = None) -> Iterator[Step]:
     """Draw x_T ~ N(0, I) (from `generator`) and yield every `Step` of the chosen sampler.
 
     sampler: "ddpm" (all T steps; `steps` must be None or T), "ddim" (default 50 steps) or "dpmpp2m"
     (default 20 steps). `spacing` None picks each sampler's default ("trailing" for DDIM, "logsnr" for
-    DPM-Solver++). Other arguments: see `make_denoiser` and the samplers.
+    DPM-Solver++). With `t_start`, `x_T` is x_{t_start} and the run starts there (see `ddpm_lite.editing`).
+    Other arguments: see `make_denoiser` and the samplers.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
@@ -273,10 +301,11 @@ def sample_steps(model, diffusion: GaussianDiffusion, shape, sampler: str = "ddi
         if steps not in (None, diffusion.num_timesteps):
             raise ValueError(f"ancestral DDPM runs all T = {diffusion.num_timesteps} steps; for fewer use 'ddim' "
                              f"(eta=1 is DDPM-like) or 'dpmpp2m', got steps={steps}")
-        return ddpm_steps(denoiser, diffusion, x_T, generator, progress)
+        return ddpm_steps(denoiser, diffusion, x_T, generator, progress, t_start)
     if sampler == "ddim":
-        return ddim_steps(denoiser, diffusion, x_T, steps or 50, eta, spacing or "trailing", generator, progress)
-    return dpm_solver_pp_2m_steps(denoiser, diffusion, x_T, steps or 20, spacing or "logsnr", progress)
+        return ddim_steps(denoiser, diffusion, x_T, steps or 50, eta, spacing or "trailing", generator, progress,
+                          t_start)
+    return dpm_solver_pp_2m_steps(denoiser, diffusion, x_T, steps or 20, spacing or "logsnr", progress, t_start)
 
 
 @torch.no_grad()
