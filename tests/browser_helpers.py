@@ -235,7 +235,7 @@ def clear_outputs(path: Path) -> None:
 
 
 def prepare_lab_root(base: Path, notebooks: Path = REPO / "notebooks") -> Path:
-    """Copy ``notebooks`` to ``base/lab/notebooks`` and symlink the repo's other top-level entries beside it.
+    """Copy the notebooks (.ipynb) of ``notebooks`` to ``base/lab/notebooks`` and symlink the repo's other top-level entries beside it.
 
     Returns the notebooks copy (the server's root_dir). Running cells there cannot modify the committed
     notebooks (no autosave into the repo, no .ipynb_checkpoints there), and paths the notebooks build from
@@ -247,7 +247,10 @@ def prepare_lab_root(base: Path, notebooks: Path = REPO / "notebooks") -> Path:
     lab = base / "lab"
     lab.mkdir(parents=True)
     dst = lab / "notebooks"
-    shutil.copytree(notebooks, dst, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    # only the .ipynb: the test runs changed copies (outputs cleared, truncated, a planted bug), which jupytext
+    # would refuse to open beside their unchanged .py pairs
+    shutil.copytree(notebooks, dst, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "*.py",
+                                                                  "jupytext.toml"))
     for nb_path in dst.glob("*.ipynb"):
         clear_outputs(nb_path)
     for entry in REPO.iterdir():
