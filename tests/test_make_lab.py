@@ -42,6 +42,9 @@ def test_make_lab_starts_jupyterlab_as_this_user(tmp_path):
         assert "started" in status
         listing = server.api("GET", "/api/contents")
         assert any(item["name"] == "01_forward_noising.ipynb" for item in listing["content"])
+        # the notebook opens through jupytext's pairing with its .py (no "is more recent than" error)
+        nb = server.api("GET", "/api/contents/01_forward_noising.ipynb")
+        assert nb["type"] == "notebook" and len(nb["content"]["cells"]) > 10
     finally:
         server.stop()
     assert not server.group_alive()
