@@ -101,7 +101,8 @@ def check_simple_loss(fn) -> None:
             raise ExerciseError(message)
     expect_close(value, reference, "loss", rtol=1e-4, atol=1e-6,
                  hint="x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, then mean((model(x_t, t, y) − ε)²).")
-    passed(f"your L_simple ({float(value):.4f}) equals GaussianDiffusion.training_losses(...)['loss'].mean().")
+    passed(f"your L_simple ({float(value):.4f}) equals GaussianDiffusion('linear', 1000).training_losses(...)"
+           f"['loss'].mean() (unweighted: min_snr_gamma=None).")
 
 
 # -- exercise 2: one EMA update -------------------------------------------------------------------------------
