@@ -77,8 +77,9 @@ class GaussianDiffusion:
         parameterization: what the model predicts: "eps", "x0" or "v".
         variance: σ_t² of the reverse process: "fixed_small" = β̃_t, "fixed_large" = β_t (§3.2; both tried in
             the paper, same sample quality; fixed_large gives the better bound).
-        loss_type: "l2" (L_simple, eq. 14), "l1" or "huber" on the model output.
-        min_snr_gamma: if set, weight the loss with min-SNR-γ (Hang et al. 2023), γ = 5 in the paper.
+        loss_type: "l2" (with ε and no weighting: L_simple, eq. 14), "l1" or "huber" on the model output.
+        min_snr_gamma: if set, weight the loss with min-SNR-γ (Hang et al. 2023), γ = 5 in the paper; None =
+            unweighted. `Trainer` sets it by default (`TrainConfig.min_snr_gamma="auto"`: 1 for digits, else 5).
         data_levels: grey levels of the data, for the discretized decoder L_0 and bits/dim: 256 for 8-bit
             images, 17 for scikit-learn's digits.
     """
@@ -138,10 +139,23 @@ class GaussianDiffusion:
         self.schedule.to(device)
         return self
 
+    @property
+    def loss_label(self) -> str:
+        """What `training_losses` computes, in words, for plot labels and logs: "L_simple (…)" only when it *is*
+        L_simple (ε-model, l2, no min-SNR weighting), else e.g. "min-SNR-γ-weighted ε MSE (γ=1)"."""
+        target = {"eps": "ε", "x0": "x_0", "v": "v"}[self.parameterization]
+        error = {"l2": "MSE", "l1": "L1 error", "huber": "Huber loss"}[self.loss_type]
+        if self.min_snr_gamma is None:
+            if self.parameterization == "eps" and self.loss_type == "l2":
+                return "L_simple (unweighted ε MSE, Ho et al. eq. 14)"
+            return f"unweighted {target} {error}"
+        return f"min-SNR-γ-weighted {target} {error} (γ={self.min_snr_gamma:g})"
+
     def __repr__(self) -> str:
         return (
             f"GaussianDiffusion(schedule={self.schedule.name!r}, T={self.num_timesteps}, "
-            f"parameterization={self.parameterization!r}, variance={self.variance!r}, loss={self.loss_type!r})"
+            f"parameterization={self.parameterization!r}, variance={self.variance!r}, loss={self.loss_type!r}, "
+            f"min_snr_gamma={self.min_snr_gamma!r})"
         )
 
     # -- input checks --------------------------------------------------------------------------------------
@@ -386,7 +400,9 @@ class GaussianDiffusion:
     # -- training ------------------------------------------------------------------------------------------
 
     def training_losses(self, model, x0, t=None, noise=None, y=None, generator=None):
-        """The training loss per sample (Algorithm 1): L_simple of eq. 14 for an ε-model with l2.
+        """The training loss per sample (Algorithm 1): L_simple of eq. 14 for an ε-model with l2 and
+        `min_snr_gamma=None`; with `min_snr_gamma` set, each sample's loss is multiplied by the min-SNR-γ weight
+        (`losses.min_snr_weight`), which is no longer L_simple (`loss_label` says which it is).
 
         Draws t ~ U{0…T−1} and ε ~ N(0, I) unless given, forms x_t = q_sample(x0, t, ε), and compares the
         model output to its target (ε, x_0 or v) with `loss_type`, optionally weighted by min-SNR-γ.

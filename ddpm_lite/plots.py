@@ -421,19 +421,30 @@ def plot_2d(points, ax=None, c=None, s: float = 3.0, alpha: float = 0.6, lim: fl
     return ax
 
 
-def plot_trajectories(trajectory, ax=None, n: int = 64, lim: float | None = 2.5, color="0.5", title: str | None = None):
+def plot_trajectories(trajectory, ax=None, n: int = 64, lim: float | None = 2.5, color="0.5", title: str | None = None,
+                      lw: float = 0.5, alpha: float = 0.5, every: int = 1):
     """Paths of 2D particles through sampling: ``trajectory`` is ``[S, N, 2]`` (S states, first = x_T).
 
     Draws the first ``n`` paths as thin lines, the start points (grey) and the end points (coloured).
+    ``color="cycle"`` gives each path its own colour (readable when paths cross); ``every`` > 1 draws only every
+    ``every``-th state (always the first and the last), which untangles long jittery (DDPM) paths.
     Returns the ``Axes``.
     """
     tr = to_numpy(trajectory)
     if tr.ndim != 3 or tr.shape[2] != 2:
         raise ValueError(f"trajectory must be [S, N, 2] (steps, points, xy), got shape {tr.shape}")
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
     if ax is None:
         _, ax = plt.subplots(figsize=(3.6, 3.6))
     sub = tr[:, :n]
-    ax.plot(sub[:, :, 0], sub[:, :, 1], color=color, lw=0.5, alpha=0.5)
+    keep = sorted(set(range(0, len(sub), every)) | {len(sub) - 1})
+    lines = sub[keep]
+    if color == "cycle":
+        for i in range(lines.shape[1]):
+            ax.plot(lines[:, i, 0], lines[:, i, 1], color=f"C{i % 10}", lw=lw, alpha=alpha)
+    else:
+        ax.plot(lines[:, :, 0], lines[:, :, 1], color=color, lw=lw, alpha=alpha)
     ax.scatter(sub[0, :, 0], sub[0, :, 1], s=6, color="0.6", label=r"start $x_T$", zorder=3)
     ax.scatter(sub[-1, :, 0], sub[-1, :, 1], s=8, color="#d62728", label=r"end $x_0$", zorder=4)
     ax.set_aspect("equal")

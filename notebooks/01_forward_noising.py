@@ -251,8 +251,11 @@ plt.show()
 # * **cosine** (Nichol & Dhariwal 2021, eq. 17): $\bar\alpha_t = f(t)/f(0)$ with
 #   $f(t) = \cos^2\!\big(\tfrac{t/T + s}{1 + s}\cdot\tfrac{\pi}{2}\big)$, $s = 0.008$;
 # * **sigmoid** (Jabri, Fleet & Chen 2022): $\bar\alpha_t$ follows a rescaled sigmoid of $t/T$. With its default
-#   parameters (sigmoid from −3 to 3, temperature 1) it is close to cosine; other parameters make it keep more
-#   signal early and drop faster later, which helps on larger images.
+#   parameters (sigmoid from −3 to 3, temperature 1) it is close to cosine; its start, end and temperature move
+#   the drop earlier or later. Larger images want a **noisier** schedule, shifted towards more noise (a lower
+#   SNR at every $t$), not one that keeps more signal (Chen 2023, *On the Importance of Noise Scheduling for
+#   Diffusion Models*): at the same noise level a large image still shows what it is, as the experiment below
+#   explains.
 #
 # A useful single number per step is the **signal-to-noise ratio** (Kingma et al. 2021)
 #
@@ -323,8 +326,10 @@ assert half_life["linear"] < 400 < half_life["cosine"] and half_life["sigmoid"] 
 # sigmoid schedules destroy information more evenly over the whole range. Nichol & Dhariwal (2021) observed the
 # same on 32×32 and 64×64 images (the last part of the linear schedule is almost pure noise and contributes
 # little) and introduced the cosine schedule for it. (Larger images have more
-# redundant pixels and keep their identity longer under the same schedule, which is one reason why the best
-# schedule depends on the image size.)
+# redundant pixels and keep their identity longer under the same schedule, so for them the same $t$ is *less*
+# destructive. That is why the best schedule depends on the image size, and why larger images need schedules
+# shifted towards more noise (Chen 2023; Hoogeboom et al. 2023 shift $\log\mathrm{SNR}$ down by $2\log(d/64)$
+# for $d \times d$ images).)
 #
 # The same digit under the three schedules:
 
@@ -453,4 +458,7 @@ nb01.check_snr_crossing(t_cross, schedule="cosine", T=T)
 # **References.** J. Ho, A. Jain, P. Abbeel, *Denoising Diffusion Probabilistic Models*, NeurIPS 2020 (eqs. 2, 4).
 # A. Nichol, P. Dhariwal, *Improved Denoising Diffusion Probabilistic Models*, ICML 2021 (cosine schedule).
 # A. Jabri, D. Fleet, T. Chen, *Scalable Adaptive Computation for Iterative Generation*, 2022 (sigmoid schedule).
+# T. Chen, *On the Importance of Noise Scheduling for Diffusion Models*, 2023 (noisier schedules for larger images).
+# E. Hoogeboom, J. Heek, T. Salimans, *simple diffusion: End-to-end diffusion for high resolution images*, ICML 2023
+# (shifted schedules).
 # D. Kingma, T. Salimans, B. Poole, J. Ho, *Variational Diffusion Models*, NeurIPS 2021 (SNR).

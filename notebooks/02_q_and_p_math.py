@@ -15,6 +15,8 @@
 #   $\tilde\beta_t$;
 # * the **variational bound** (ELBO) split into $L_T$, $L_{t-1}$ and $L_0$, measured in bits/dim, and the
 #   **simple loss** $L_\text{simple}$ (eq. 14): why DDPM drops the bound's weights and trains better for it;
+# * the weighting each loss puts on the steps $t$: the bound's $\lambda_t$, $L_\text{simple}$'s implicit one, and
+#   the **min-SNR-γ** weighting (Hang et al. 2023) that the course's `Trainer` uses by default;
 # * the **ε, $x_0$ and v parameterisations** and how to convert between them;
 # * a small network trained for 15 s on 2D data, side by side with the **exact optimal denoiser**: where does
 #   it lose, and how many bits/dim does that cost?
@@ -42,8 +44,10 @@ if str(REPO) not in sys.path:
 from ddpm_lite import plots, samplers
 from ddpm_lite.diffusion import GaussianDiffusion
 from ddpm_lite.exercises import nb02
+from ddpm_lite.losses import min_snr_weight
 from ddpm_lite.toy_mlp import ToyMLP
 from ddpm_lite.toys import ExactGMMDenoiser, GaussianMixture
+from ddpm_lite.train import TrainConfig
 
 plots.setup()                # small figures (72 dpi)
 torch.set_num_threads(1)     # every tensor here is small: extra threads only add overhead on a busy CPU
@@ -421,19 +425,11 @@ print("λ_t (σ² = β̃_t) at t = 1, 10, 100, 999:", lam["fixed_small"][[1, 10,
 print(f"λ_1 / λ_999 = {lam_small[0] / lam_small[-1]:.0f}: the bound cares {lam_small[0] / lam_small[-1]:.0f}× more about an "
       "ε-error at the first step than at the last")
 assert lam_small[0] / lam_small[-1] > 50
-fig, ax = plt.subplots(figsize=(6.5, 3.2))
-for name, label in (("fixed_small", r"bound, $\sigma_t^2=\tilde\beta_t$"), ("fixed_large", r"bound, $\sigma_t^2=\beta_t$")):
-    w_t = lam[name][1:]
-    ax.semilogy(np.arange(1, T), (w_t / w_t.mean()).numpy(), label=label)
-ax.axhline(1.0, color="k", ls="--", lw=1, label=r"$L_\mathrm{simple}$ (uniform)")
-ax.set(xlabel="t (index)", ylabel=r"$\lambda_t$ / mean", title="relative weight of the ε-error at each step")
-ax.legend()
-plt.show()
 
 # %% [markdown]
 # **Why DDPM trains on $L_\text{simple}$ instead.** The bound weights the noise error by $\lambda_t$, which falls
 # by a factor of about 60 from the first steps to the last (and is infinite in spirit at $t = 1$, where $L_0$
-# takes over). Ho et al. drop the weights (eq. 14):
+# takes over; the plot in §6b shows it). Ho et al. drop the weights (eq. 14):
 #
 # $$
 # L_\text{simple} = \mathbb E_{t \sim \mathcal U\{1..T\},\ x_0,\ \varepsilon}\ \big\|\varepsilon - \varepsilon_\theta\big(\sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ t\big)\big\|^2 .
@@ -442,8 +438,82 @@ plt.show()
 # Relative to the bound, this *down-weights the easy small-$t$ steps* (removing a little noise from an almost
 # clean image) and *up-weights the hard large-$t$ steps*, where the network must decide what the image is.
 # That trade gives much better samples (FID 3.17 on CIFAR-10) at the price of a slightly worse bound than
-# optimising eq. 5 directly. `diffusion.training_losses` computes $L_\text{simple}$ per sample (Algorithm 1);
-# the bound is then only used for evaluation.
+# optimising eq. 5 directly. `diffusion.training_losses` computes $L_\text{simple}$ per sample (Algorithm 1)
+# for a `GaussianDiffusion` built without `min_snr_gamma`, like this notebook's `diffusion`; the bound is then
+# only used for evaluation.
+#
+# ### 6b · Every loss is a weighting over $t$: $\lambda_t$, $L_\text{simple}$ and min-SNR-γ
+#
+# The bound, $L_\text{simple}$ and the losses used in practice differ only in how much the ε-error of each step
+# counts. In ε-units $L_\text{simple}$ is flat (weight 1) and the bound uses $\lambda_t$. In units of the
+# *image* the picture flips: the model's $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$
+# (§7) errs by $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$ times its ε-error, so with $\mathrm{SNR}_t = \bar\alpha_t/(1-\bar\alpha_t)$
+#
+# $$
+# \big\|\varepsilon - \hat\varepsilon\big\|^2 = \mathrm{SNR}_t\,\big\|x_0 - \hat x_0\big\|^2 .
+# $$
+#
+# That is $L_\text{simple}$'s **implicit weighting**: an error in the predicted image counts $\mathrm{SNR}_t$ times,
+# about $10^4$ at the first step and $4\cdot10^{-5}$ at the last. The almost clean steps, where the image is nearly
+# given, dominate the image-space loss.
+#
+# **Min-SNR-γ** (Hang et al. 2023) clips that image-space weight at $\gamma$: the $x_0$-error counts
+# $\min(\mathrm{SNR}_t, \gamma)$ times. For an ε-model this is the ε-loss with weight (`losses.min_snr_weight`)
+#
+# $$
+# L_{\text{min-SNR-}\gamma} = \mathbb E_{t, x_0, \varepsilon}\ \frac{\min(\mathrm{SNR}_t, \gamma)}{\mathrm{SNR}_t}\,\big\|\varepsilon - \varepsilon_\theta(x_t, t)\big\|^2 .
+# $$
+#
+# Noisy steps ($\mathrm{SNR}_t \le \gamma$) keep $L_\text{simple}$'s weight 1; the cleaner steps are down-weighted by
+# $\gamma/\mathrm{SNR}_t$, so their gradients, which conflict with those of the noisy steps,
+# slow training less (Hang et al. treat the timesteps as tasks of a multi-task problem; with $\gamma = 5$ they
+# report about 3.4× faster convergence on ImageNet). So, relative to the bound, $L_\text{simple}$ already
+# down-weights the small-$t$ terms, and min-SNR-γ down-weights the low-noise (high-SNR) steps further.
+#
+# **This is what the course's `Trainer` optimises.** `TrainConfig(min_snr_gamma="auto")` picks γ = 1 for the 8×8
+# digits (tuned for a one-minute CPU run, `ddpm_lite.train.RECIPES`) and Hang et al.'s γ = 5 otherwise;
+# `min_snr_gamma=None` trains on plain $L_\text{simple}$. The loss curves of notebook 03 are therefore the
+# min-SNR-γ-weighted ε-loss, not $L_\text{simple}$; `GaussianDiffusion` says which one it computes in its
+# `repr` and in `loss_label`. All four weightings in one plot (λ_t scaled to mean 1, since only its shape
+# matters for training; the others as they are):
+
+# %%
+snr = s.snr                                                      # SNR_t = ᾱ_t / (1 − ᾱ_t), float64
+gammas = (5.0, 1.0)
+w_min_snr = {g: min_snr_weight(snr, g) for g in gammas}         # min(SNR_t, γ) / SNR_t, the ε-loss weight
+ts_w = np.arange(1, T)
+fig, ax = plt.subplots(figsize=(7, 3.6))
+for name, label, style in (("fixed_small", r"bound $\lambda_t$, $\sigma_t^2=\tilde\beta_t$ (scaled to mean 1)", "C0-"),
+                           ("fixed_large", r"bound $\lambda_t$, $\sigma_t^2=\beta_t$ (scaled to mean 1)", "C0:")):
+    w_t = lam[name][1:]
+    ax.semilogy(ts_w, (w_t / w_t.mean()).numpy(), style, label=label)
+ax.axhline(1.0, color="k", ls="--", lw=1, label=r"$L_\mathrm{simple}$: 1 at every step")
+for g, color in zip(gammas, ("C2", "C3")):
+    ax.semilogy(ts_w, w_min_snr[g][1:].numpy(), color=color,
+                label=rf"min-SNR-$\gamma$, $\gamma = {g:g}$: $\min(\mathrm{{SNR}}_t, \gamma)/\mathrm{{SNR}}_t$")
+ax.set(xlabel="t (index)", ylabel=r"weight of $\|\varepsilon-\varepsilon_\theta\|^2$",
+       title="how much the ε-error of each step counts, per loss")
+ax.legend(fontsize=8, loc="lower right")
+plt.show()
+
+for g in gammas:
+    knee = int((snr <= g).nonzero()[0])
+    print(f"γ = {g:g}: weight 1 from index t = {knee} on (SNR_t ≤ γ); at t = 1, 10, 100: "
+          + ", ".join(f"{w:.1e}" for w in w_min_snr[g][[1, 10, 100]].tolist()))
+
+# check: a diffusion with min_snr_gamma computes exactly min_snr_weight × each sample's L_simple
+weighted = GaussianDiffusion("linear", 1000, min_snr_gamma=1.0)
+gen = torch.Generator().manual_seed(13)
+x0_c, eps_c = gmm.sample(8, generator=gen), torch.randn(8, 2, generator=gen)
+t_c = torch.tensor([1, 10, 100, 200, 300, 500, 800, 999])
+some_model = lambda x, t, y=None: 0.5 * x                        # any ε-model will do
+plain_c = diffusion.training_losses(some_model, x0_c, t=t_c, noise=eps_c)["loss"]
+weighted_c = weighted.training_losses(some_model, x0_c, t=t_c, noise=eps_c)["loss"]
+assert torch.allclose(weighted_c, plain_c * min_snr_weight(snr[t_c], 1.0).float())
+assert w_min_snr[5.0][1] < 2e-3 and w_min_snr[5.0][-1] == 1.0 and w_min_snr[1.0][1] < w_min_snr[5.0][1]
+print(f"{diffusion}\n  computes {diffusion.loss_label}\n{weighted}\n  computes {weighted.loss_label}")
+print("Trainer's default γ: digits", TrainConfig(dataset="digits").resolved().min_snr_gamma,
+      "| mnist", TrainConfig(dataset="mnist").resolved().min_snr_gamma)
 
 # %% [markdown]
 # ## 7 · What the network predicts: ε, $x_0$ or v
@@ -528,8 +598,8 @@ nb02.check_x0_to_v(x0_to_v)
 # %% [markdown]
 # ## 8 · A learned denoiser beside the exact one (2D)
 #
-# Now train a real network on the ring with $L_\text{simple}$ (Algorithm 1): draw $x_0$, $t$ and ε, form $x_t$ with
-# eq. 4, regress ε. The model is `ToyMLP`, a small residual MLP with a sinusoidal time embedding. We give it
+# Now train a real network on the ring with $L_\text{simple}$ (Algorithm 1; this notebook's `diffusion` has no
+# min-SNR weighting): draw $x_0$, $t$ and ε, form $x_t$ with eq. 4, regress ε. The model is `ToyMLP`, a small residual MLP with a sinusoidal time embedding. We give it
 # 15 seconds (at most 1500 steps). Since the exact model is the minimiser of $L_\text{simple}$, the difference
 # between the two losses is *exactly* what the network has not yet learned:
 # $\mathbb E\|\varepsilon - \varepsilon_\theta\|^2 = \mathbb E\|\varepsilon - \varepsilon^*\|^2 + \mathbb E\|\varepsilon^* - \varepsilon_\theta\|^2$.
@@ -712,7 +782,7 @@ nb02.check_prior_bpd(prior_bpd)
 # | `perturb_x(x, t, noise)` | `d.q_sample(x0, t, noise)` | eq. 4 |
 # | `remove_noise(x, t, y)` | `d.p_mean_variance(model, x, t, y, clip_denoised=False)["mean"]` | $\mu_\theta$, eq. 11 |
 # | `sample(batch_size, device, y)` | `samplers.sample(model, d, shape, sampler="ddpm", y=y)`; one step: `d.p_sample` | Algorithm 2 |
-# | `get_losses(x, t, y)` | `d.training_losses(model, x0, t, y=y)["loss"]` (per sample; take `.mean()`) | $L_\text{simple}$, eq. 14 |
+# | `get_losses(x, t, y)` | `d.training_losses(model, x0, t, y=y)["loss"]` (per sample; take `.mean()`) | $L_\text{simple}$, eq. 14 (if `d.min_snr_gamma` is None) |
 # | `forward(x, y)` (draws $t$) | `d.training_losses(model, x0, y=y)` (draws $t$ when `t=None`) | Algorithm 1 |
 #
 # `ddpm_lite` also has what that class leaves out: the posterior (`q_posterior_mean_variance`), the
@@ -743,7 +813,9 @@ assert diff_mean < 1e-4 and diff_sigma < 1e-6
 #   $\sigma_t^2 = \beta_t$ or $\tilde\beta_t$.
 # * **Objective.** The bound $L_T + \sum L_{t-1} + L_0$ (eq. 5) is a sum of Gaussian KLs; each $L_{t-1}$ is a
 #   $\lambda_t$-weighted ε-error (eq. 12). $L_\text{simple}$ (eq. 14) sets $\lambda_t = 1$: better samples, slightly
-#   worse bound.
+#   worse bound. In image units $L_\text{simple}$ weights step $t$ by $\mathrm{SNR}_t$; min-SNR-γ clips that at γ,
+#   i.e. multiplies the ε-loss by $\min(\mathrm{SNR}_t, \gamma)/\mathrm{SNR}_t$. The `Trainer` uses it by default
+#   (γ = 1 for digits, 5 otherwise).
 # * **Parameterisations.** ε, $x_0$ and v are interchangeable given $x_t$; their squared errors differ by
 #   $1/\mathrm{SNR}_t$ factors, so each implies its own loss weighting.
 # * **2D.** The exact GMM denoiser is the floor for $L_\text{simple}$ and sits close to the true NLL in bits/dim;
@@ -754,12 +826,14 @@ assert diff_mean < 1e-4 and diff_sigma < 1e-6
 #
 # **03 · The training loop** turns §8's few lines into a real trainer for images: the eight steps of a
 # training iteration, EMA of the weights, saving, loading and resuming, and the classic ways training fails. The
-# `Trainer` you will use there runs exactly Algorithm 1 with $L_\text{simple}$ from this notebook.
+# `Trainer` you will use there runs Algorithm 1 with the min-SNR-γ-weighted ε-loss of §6b (γ = 1 for digits),
+# not plain $L_\text{simple}$, unless you pass `min_snr_gamma=None`.
 #
 # **References.** J. Ho, A. Jain, P. Abbeel, *Denoising Diffusion Probabilistic Models*, NeurIPS 2020 (eqs. 2–14,
 # Algorithms 1–2). T. Salimans, J. Ho, *Progressive Distillation for Fast Sampling of Diffusion Models*, ICLR 2022
 # (v-parameterisation). A. Nichol, P. Dhariwal, *Improved Denoising Diffusion Probabilistic Models*, ICML 2021
-# (the variance choices and the bound). B. Efron, *Tweedie's formula and selection bias*, JASA 2011.
+# (the variance choices and the bound). T. Hang, S. Gu, C. Li, J. Bao, D. Chen, H. Hu, X. Geng, B. Guo,
+# *Efficient Diffusion Training via Min-SNR Weighting Strategy*, ICCV 2023 (min-SNR-γ). B. Efron, *Tweedie's formula and selection bias*, JASA 2011.
 
 # %%
 print(f"notebook ran in {time.perf_counter() - NOTEBOOK_START:.0f} s")

@@ -10,7 +10,8 @@
 # **What you will learn**
 #
 # * the eight steps of a DDPM training step, and how they map onto Algorithm 1 of Ho et al. (2020);
-# * how to run a real training with `Trainer(TrainConfig(...))`, watch it live and read the loss curve;
+# * how to run a real training with `Trainer(TrainConfig(...))`, watch it live and read the loss curve (which
+#   is the min-SNR-γ-weighted ε-loss of notebook 02 §6b, not $L_\text{simple}$);
 # * why samples come from an **EMA** of the weights, and what the EMA buys on a short and a long run;
 # * how to **save**, **load** and **resume** a run, and how to check that nothing was lost on the way;
 # * three classic failures, shown on purpose so you recognise them: data outside $[-1, 1]$, too few
@@ -94,7 +95,7 @@ print(f"device: {device}, torch {torch.__version__}")
 # | step | what | `ddpm_lite` |
 # |---|---|---|
 # | 1 | fix the forward schedule $\beta_t$, $\bar\alpha_t = \prod_{s \le t}(1-\beta_s)$ | `GaussianDiffusion("linear", 1000)` |
-# | 2 | choose the loss: $L_\text{simple}$, the mean squared error on $\varepsilon$ (eq. 14) | `loss_type="l2"` |
+# | 2 | choose the loss: here $L_\text{simple}$, the mean squared error on $\varepsilon$ (eq. 14); the `Trainer` of §2 weights it per step | `loss_type="l2"`, `min_snr_gamma` |
 # | 3 | draw a batch $x_0$, timesteps $t$ and noise $\varepsilon \sim \mathcal N(0, I)$ | `sample_timesteps`, `torch.randn` |
 # | 4 | perturb $x_0 \to x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ (eq. 4) | `q_sample(x0, t, noise)` |
 # | 5 | let the model predict the noise, $\hat\varepsilon = \varepsilon_\theta(x_t, t)$ | `model(x_t, t, y)` |
@@ -156,6 +157,10 @@ plt.show()
 #
 # `ddpm_lite.train.Trainer` is the same loop with the extras that make it train well and survive real life:
 #
+# * **min-SNR-γ loss weighting** (notebook 02 §6b): each sample's $\lVert\varepsilon - \hat\varepsilon\rVert^2$ is
+#   multiplied by $\min(\mathrm{SNR}_t, \gamma)/\mathrm{SNR}_t$, which down-weights the almost clean steps. By default
+#   (`min_snr_gamma="auto"`) γ = 1 for digits and 5 otherwise; `min_snr_gamma=None` trains on plain $L_\text{simple}$.
+#   So the loss the trainer reports is this weighted loss, not $L_\text{simple}$;
 # * **AdamW** with a linear learning-rate **warm-up** (large steps on a random network blow up), then a cosine
 #   decay over the run (over `max_steps`, or over `max_seconds` of wall-clock time as here);
 # * **gradient clipping** at norm 1;
@@ -184,6 +189,7 @@ trainer = Trainer(config)
 n_params = sum(p.numel() for p in trainer.raw_model.parameters())
 print(f"{config.dataset}: {len(trainer.images)} images {tuple(trainer.sample_shape)}, "
       f"U-Net with {n_params / 1e6:.2f} M parameters, T = {trainer.diffusion.num_timesteps}")
+print(f"{trainer.diffusion}\nthe loss it trains on: {trainer.diffusion.loss_label}")
 history = trainer.train()
 
 # %%
@@ -191,22 +197,24 @@ first, last = history[0]["loss"], sum(h["loss"] for h in history[-3:]) / 3
 print(f"{trainer.step} steps in {trainer.elapsed:.1f} s ({trainer.step / trainer.elapsed:.1f} steps/s); "
       f"loss {first:.3f} (first {config.log_every} steps) -> {last:.3f} (last {3 * config.log_every} steps)")
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3), gridspec_kw={"width_ratios": [3, 2]})
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"width_ratios": [3, 2]})
 plots.plot_loss(history, ax=axes[0], beta=0.5)
-axes[0].set_title(f"training loss (L_simple), logged every {config.log_every} steps")
-plots.show_images(trainer.samples[-1]["images"], nrow=10, ax=axes[1],
-                  title=f"EMA samples at step {trainer.samples[-1]['step']}\n(classes 0-9, left to right)")
+axes[0].set_title(f"training loss: {trainer.diffusion.loss_label}\nlogged every {config.log_every} steps")
+plots.show_images(trainer.samples[-1]["images"], nrow=5, ax=axes[1],
+                  title=f"EMA samples at step {trainer.samples[-1]['step']}\n(classes 0-4 on top, 5-9 below)")
 plt.show()
 assert last < first / 2, f"the loss should at least halve: {first:.3f} -> {last:.3f}"
 
 
 # %% [markdown]
-# The loss starts near 1: the U-Net's last layer starts at zero, so an untrained network outputs 0, and $\mathbb E\lVert\varepsilon\rVert^2 / D = 1$
-# per pixel. It drops fast as the network learns the easy part (at large $t$, $x_t$ is nearly all noise, so
+# The loss starts near 0.8: the U-Net's last layer starts at zero, so an untrained network outputs 0, its
+# ε-error is $\mathbb E\lVert\varepsilon\rVert^2 / D = 1$ per pixel at every $t$, and the min-SNR weights (γ = 1)
+# average 0.82 over $t$ (plain $L_\text{simple}$ would start at 1). It drops fast as the network learns the easy part (at large $t$, $x_t$ is nearly all noise, so
 # $\hat\varepsilon \approx x_t$ is already a good answer) and then slowly, because at small $t$ the noise is a tiny
-# perturbation of a digit and hard to tell apart from it. The curve stays noisy however long you train: each
-# batch draws different $t$, and the loss at small $t$ is much larger than at large $t$. Judge a run by the
-# smoothed curve and, better, by its samples.
+# perturbation of a digit and hard to tell apart from it (the weighting counts those steps little, γ/SNR_t).
+# The curve stays noisy however long you train: each batch draws different $t$, and the weighted loss differs a
+# lot from one $t$ to another. Judge a run by the smoothed curve and, better, by its samples. Compare it only
+# with losses weighted the same way: the held-out loss of §3 is plain $L_\text{simple}$ and therefore larger.
 #
 # After these few dozen (on a fast machine, a few hundred) steps the samples are blobs with at best a hint of the
 # right digit: a low loss is not yet a good model. The pretrained model used below trained for longer; on MNIST
@@ -230,8 +238,9 @@ assert last < first / 2, f"the loss should at least halve: {first:.3f} -> {last:
 # * **samples**: 50 each (5 per class, DDIM with 10 steps, the same starting noise for all), scored with
 #   `metrics.sample_accuracy`: the digits classifier says which digit each sample is, and we count how often that
 #   is the class we asked for (chance is 10 %, real test digits score 99 %);
-# * **held-out loss**: $L_\text{simple}$ on the 355 test digits that no model trained on, with the *same* $t$ and
-#   $\varepsilon$ for every model, so the numbers compare exactly.
+# * **held-out loss**: plain, unweighted $L_\text{simple}$ (not the trainer's min-SNR-weighted loss) on the 355
+#   test digits that no model trained on, with the *same* $t$ and $\varepsilon$ for every model, so the numbers
+#   compare exactly.
 
 # %%
 def samples_and_accuracy(model, diffusion, n=50, seed=1, sampler="ddim", steps=10, **kw):
@@ -262,12 +271,13 @@ models[f"pretrained, {ref_steps} steps: EMA"] = (ref_ema, ref_diffusion)
 models[f"pretrained, {ref_steps} steps: raw"] = (ref_raw, ref_diffusion)
 
 scores = {}
-fig, axes = plt.subplots(1, len(models), figsize=(3.0 * len(models), 2.7))
-for ax, (name, (model_, diffusion_)) in zip(axes, models.items()):
+fig, axes = plt.subplots((len(models) + 1) // 2, 2, figsize=(10, 4.2 * ((len(models) + 1) // 2)))
+for ax, (name, (model_, diffusion_)) in zip(axes.flat, models.items()):
     x, acc = samples_and_accuracy(model_, diffusion_)
     scores[name] = {"accuracy": acc, "held-out loss": held_out_loss(model_)}
     plots.show_images(x, nrow=10, ax=ax, title=name.replace(": ", "\n") +
                       f": accuracy {acc:.0%}\nheld-out loss {scores[name]['held-out loss']:.4f}")
+fig.tight_layout()
 plt.show()
 for name, score in scores.items():
     print(f"{name:28s} accuracy {score['accuracy']:.2f}   held-out loss {score['held-out loss']:.4f}")
@@ -286,7 +296,8 @@ assert pre_ema["accuracy"] > 0.8 and pre_ema["held-out loss"] < 1.02 * pre_raw["
 # * On our short run EMA and raw are close as well, and that is not a matter of course. With `ema_decay=0.9999`
 #   the average would remember 10 000 steps, far more than we ran; the trainer avoids this with a **warm-up** of
 #   the decay, $d_k = \min\!\big(d, \tfrac{1 + k}{10 + k}\big)$ at update $k$ (0.1, then 0.5 at $k = 8$, 0.9 at
-#   $k = 80$, 0.99 at $k = 890$), so the average always covers roughly the last 10 % of training.
+#   $k = 80$, 0.99 at $k = 890$, the full 0.9999 only from $k = 89\,990$ on), so the average always covers
+#   roughly the last 10 % of training.
 #   Without it you get failure 3 below.
 
 # %% [markdown]
@@ -403,7 +414,7 @@ assert bad.history[-1]["loss"] > 1.5 * good_loss
 
 
 # %% [markdown]
-# With pixels in $[0, 255]$ the loss hardly moves from 1. At almost every $t$ the input $x_t$ is dominated by a
+# With pixels in $[0, 255]$ the loss hardly moves from where it started (about 0.8, see §2). At almost every $t$ the input $x_t$ is dominated by a
 # huge $\sqrt{\bar\alpha_t}\,x_0$, and the network would have to subtract it to a precision of a fraction of a
 # grey level to find $\varepsilon$. And even a network that managed would be sampled from the wrong starting
 # point, $\mathcal N(0, I)$ instead of the $x_T$ above, with the sampler clipping its $\hat x_0$ to $[-1, 1]$.
@@ -455,12 +466,16 @@ for name, short in schedules_T.items():
     x, _ = samples_and_accuracy(Retimed(ref_ema, ref_diffusion, short), short.to(device), n=100, sampler="ddpm",
                                 steps=None)
     runs_T[name] = (x, metrics.evaluate_samples(x, torch.arange(100) % 10, classifier=classifier))
+    n_clamped = int((short.schedule.betas >= 0.999).sum())        # β clamped at 0.999 (a β ≥ 1 is impossible)
     print(f"{name:28s} alpha_bar_T = {short.schedule.alphas_cumprod[-1].item():.2g}   " +
-          "  ".join(f"{k} {runs_T[name][1][k]:.2f}" for k in ("accuracy", "precision", "recall")))
+          "  ".join(f"{k} {runs_T[name][1][k]:.2f}" for k in ("accuracy", "precision", "recall")) +
+          f"   β clamped at 0.999: {n_clamped} of {short.num_timesteps}")
+assert int((schedules_T["T = 10, scaled β"].schedule.betas >= 0.999).sum()) == 5
 
-fig, axes = plt.subplots(1, 3, figsize=(9, 2.6))
+fig, axes = plt.subplots(3, 1, figsize=(6.4, 11))
 for ax, (name, (x, ev)) in zip(axes, runs_T.items()):
     plots.show_images(x[:50], nrow=10, ax=ax, title=f"{name}\naccuracy {ev['accuracy']:.0%}, recall {ev['recall']:.2f}")
+fig.tight_layout()
 plt.show()
 unscaled, t10, t50 = (ev for x, ev in runs_T.values())
 assert unscaled["accuracy"] < 0.4 and t10["accuracy"] > 0.8
@@ -470,7 +485,10 @@ assert t10["recall"] < t50["recall"] - 0.03
 # * With the unscaled $\beta$ the samples are **noise**: the first reverse step treats pure noise as a slightly
 #   noisy digit, and there is no room left to recover.
 # * With $\beta$ scaled to reach noise in ten steps the digits are readable (8×8 digits are forgiving) but
-#   the set is **less varied**. `metrics.evaluate_samples` measures this with *precision* (the share of samples
+#   the set is **less varied**. A caveat on this schedule: scaling Ho et al.'s $\beta$ by $1000/T = 100$ asks for
+#   $\beta_t$ from 0.01 to 2, and $\beta \ge 1$ is impossible, so the last five of its ten $\beta_t$ are clamped at
+#   0.999 (printed above). Those five steps all happen in almost pure noise ($\bar\alpha_t < 10^{-3}$), so this
+#   sampler really has about five useful steps: a crude short schedule, which only strengthens the point. `metrics.evaluate_samples` measures this with *precision* (the share of samples
 #   that look like some real digit) and *recall* (the share of real digits that some sample resembles), both in
 #   the digits classifier's feature space: precision stays, recall drops (by 0.08 to 0.2 over the seeds we tried).
 #   The Gaussian steps average over the
@@ -507,9 +525,10 @@ print("share of the random initialisation after 300 updates:", {k: f"{v:.2g}" fo
 
 runs_ema = {"EMA 0.9999, no warm-up": samples_and_accuracy(ema_no_warmup.module, ref_diffusion),
             "EMA 0.9999, warm-up 10": samples_and_accuracy(ema_warmup.module, ref_diffusion)}
-fig, axes = plt.subplots(1, 2, figsize=(5.6, 2.3))
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 for ax, (name, (x, acc)) in zip(axes, runs_ema.items()):
     plots.show_images(x, nrow=10, ax=ax, title=f"{name}\n300 steps, accuracy {acc:.0%}")
+fig.tight_layout()
 plt.show()
 acc_no, acc_yes = (acc for x, acc in runs_ema.values())
 print(f"accuracy without warm-up {acc_no:.0%}, with warm-up {acc_yes:.0%}")
@@ -595,7 +614,8 @@ nb03.check_ema_warmup(my_ema_decay)
 #   $\varepsilon$, the jump $x_0 \to x_t$ with `q_sample`, the model's guess $\hat\varepsilon$, the squared error,
 #   an optimiser step, and again. `GaussianDiffusion.training_losses` does steps 3–6; we checked it equals the
 #   hand-written version.
-# * `Trainer(TrainConfig(...))` adds AdamW with warm-up, gradient clipping, the EMA, label dropout, progress,
+# * `Trainer(TrainConfig(...))` weights the loss with min-SNR-γ (γ = 1 for digits; so its loss curve is not
+#   $L_\text{simple}$) and adds AdamW with warm-up, gradient clipping, the EMA, label dropout, progress,
 #   sample grids and checkpoints. Our run more than halved the loss within seconds; good digit samples take
 #   a thousand or so steps.
 # * Sample from the **EMA** weights; its decay needs a **warm-up**, or a short run samples from its random

@@ -14,7 +14,8 @@
 #   through a whole sampling run with the **sampling scrubber** widget;
 # * what sampling looks like for 2D points: particle trajectories under the exact denoiser of a Gaussian
 #   mixture, stochastic (DDPM) against deterministic (DDIM);
-# * DDPM against DDIM: network evaluations, seconds and class accuracy, measured here;
+# * DDPM against DDIM: network evaluations, seconds and class accuracy, measured here (and how many samples an
+#   accuracy needs to mean something);
 # * seeds: what makes a sample reproducible, and what does not.
 #
 # We use the trained class-conditional digits model that ships with the course (`assets/checkpoints/digits`).
@@ -163,8 +164,9 @@ assert ts[settled] > 300 and dist[T - 100] < 0.25 * dist[0], (ts[settled], dist[
 
 # %% [markdown]
 # The class of a sample is decided early, in the noisiest part of the run; after that, the steps refine a
-# digit that is already chosen. (This is also why guidance, notebook 04, matters most at large $t$, and why
-# fast samplers can take big steps there.)
+# digit that is already chosen. (This is also why guidance, notebook 04, matters most at large $t$. It says
+# nothing about how large a sampler's steps may be: that depends on how smoothly $x_t$ moves, which section 4
+# shows in 2D and notebook 06 explains.)
 #
 # ## 3 · The sampling scrubber
 #
@@ -222,7 +224,8 @@ sec_toy = time.perf_counter() - t0
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
 plots.plot_2d(ring.sample(500, generator=torch.Generator().manual_seed(2)), ax=axes[0], lim=2.5,
               title="data: 8 Gaussians")
-plots.plot_trajectories(path_ddpm, ax=axes[1], n=12, title=f"DDPM, {len(path_ddpm) - 1} steps (12 paths)")
+plots.plot_trajectories(path_ddpm, ax=axes[1], n=4, color="cycle", lw=1.0, alpha=0.8, every=25,  # 4 paths, 1 colour each
+                        title=f"DDPM, {len(path_ddpm) - 1} steps (4 paths, every 25th state)")
 plots.plot_trajectories(path_ddim, ax=axes[2], n=48, title=f"DDIM (η = 0), {len(path_ddim) - 1} steps (48 paths)")
 fig.tight_layout()
 plt.show()
@@ -241,7 +244,8 @@ print(f"(both runs together: {sec_toy:.1f} s)")
 
 # %% [markdown]
 # Both samplers land on the data, in the right proportions. Their paths differ: DDPM particles jitter
-# (fresh noise is added at every step) and only settle at the very end; DDIM particles move on smooth curves
+# (fresh noise is added at every step; four paths, one colour each, drawn through every 25th state) and only
+# settle at the very end; DDIM particles move on smooth curves
 # (the steps follow an ordinary differential equation, the *probability-flow ODE*), so 50 large steps
 # are enough. Notice also where the choice of mode happens: particles fan out to their mode early, while the
 # cloud is still wide, the 2D version of "the class is decided early" above.
@@ -250,7 +254,11 @@ print(f"(both runs together: {sec_toy:.1f} s)")
 #
 # The same comparison on the digits model: the 1000-step DDPM run from section 2 against DDIM with 50 and
 # with 20 steps, from the **same** starting noise (same labels, same seed). We measure wall-clock seconds
-# and class accuracy.
+# and class accuracy. Ten samples per sampler make the accuracy **anecdotal**: one misread digit moves it by 10
+# points, and even 10 of 10 right is compatible with a true accuracy anywhere from about 70 % to 100 % (95 %
+# interval). 1000 DDPM steps for 100 samples would not fit this notebook's two-minute budget on a busy 2-core
+# CPU (the ten above take from ten seconds to a minute, depending on the load); the two DDIM samplers are cheap, so below they also get 100 samples each (10 of each digit), and notebook 06
+# measures quality against the number of steps with more samples.
 
 # %%
 x_T = torch.randn((10, 1, 8, 8), generator=torch.Generator().manual_seed(0))   # what the DDPM run started from
@@ -260,7 +268,7 @@ for steps in (50, 20):
     x = sample(model, diffusion, (10, 1, 8, 8), sampler="ddim", steps=steps, y=labels, x_T=x_T)
     results.append({"sampler": f"DDIM {steps}", "evals": steps, "seconds": time.perf_counter() - t0, "x": x})
 
-fig, axes = plt.subplots(len(results), 1, figsize=(6, 0.9 * len(results)))
+fig, axes = plt.subplots(len(results), 1, figsize=(8, 1.25 * len(results)))
 for ax, r in zip(axes, results):
     r["accuracy"] = metrics.sample_accuracy(r["x"], labels, classifier)
     plots.show_images(r["x"], nrow=10, ax=ax)
@@ -268,24 +276,28 @@ for ax, r in zip(axes, results):
 fig.tight_layout()
 plt.show()
 
-print(f"{'sampler':8s} {'evals':>6s} {'seconds':>8s} {'speed-up':>9s} {'accuracy (10)':>14s}")
-for r in results:
-    print(f"{r['sampler']:8s} {r['evals']:6d} {r['seconds']:8.2f} {sec_ddpm / r['seconds']:8.0f}× "
-          f"{100 * r['accuracy']:13.0f}%")
-
-# a larger sample for DDIM 20, which is cheap enough: 10 of each digit
+# 100 samples (10 of each digit, the same 100 starting noises) for the two DDIM samplers, which are cheap enough
 y100 = torch.arange(10).repeat_interleave(10)
-x100 = sample(model, diffusion, (100, 1, 8, 8), sampler="ddim", steps=20, y=y100,
-              generator=torch.Generator().manual_seed(1))
-acc100 = metrics.sample_accuracy(x100, y100, classifier)
-print(f"DDIM 20 on 100 samples: {100 * acc100:.0f} % classified as requested")
+x_T100 = torch.randn((100, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+for r in results[1:]:
+    x100 = sample(model, diffusion, (100, 1, 8, 8), sampler="ddim", steps=r["evals"], y=y100, x_T=x_T100)
+    r["accuracy100"] = metrics.sample_accuracy(x100, y100, classifier)
+
+print(f"{'sampler':8s} {'evals':>6s} {'seconds':>8s} {'speed-up':>9s} {'accuracy, 10 (anecdotal)':>25s} "
+      f"{'accuracy, 100':>14s}")
+for r in results:
+    acc100_text = f"{100 * r['accuracy100']:13.0f}%" if "accuracy100" in r else f"{'(too slow)':>14s}"
+    print(f"{r['sampler']:8s} {r['evals']:6d} {r['seconds']:8.2f} {sec_ddpm / r['seconds']:8.0f}× "
+          f"{100 * r['accuracy']:24.0f}% {acc100_text}")
 assert sec_ddpm / results[-1]["seconds"] > 10, [r["seconds"] for r in results]
-assert all(r["accuracy"] >= 0.8 for r in results) and acc100 >= 0.85, ([r["accuracy"] for r in results], acc100)
+assert all(r["accuracy"] >= 0.7 for r in results), [r["accuracy"] for r in results]
+assert all(r["accuracy100"] >= 0.85 for r in results[1:]), [r["accuracy100"] for r in results[1:]]
 
 
 # %% [markdown]
 # Seconds scale with the number of network evaluations: DDIM with 20 steps is dozens of times faster than
-# DDPM's 1000, for samples the classifier recognises as well. The two DDIM rows start from the same $x_T$ and
+# DDPM's 1000. On 100 samples both DDIM samplers are recognised about as often as real digits; DDPM's ten are
+# too few to rank it against them, so this table shows speed, not a quality ranking. The two DDIM rows start from the same $x_T$ and
 # follow the same deterministic path with different step sizes, so they give nearly the same digits; the DDPM
 # row differs, because DDPM adds 999 fresh noise vectors on the way and $x_T$ alone does not fix its result.
 # Notebook 06 explains why DDIM may skip steps, and measures quality against the number of evaluations more
@@ -328,7 +340,7 @@ print(f"DDIM eta=1, same x_T: same generator identical = {torch.equal(sto[0], st
 assert torch.equal(*det) and torch.equal(det[0], a)
 assert torch.equal(sto[0], sto[1]) and (sto[0] - sto[2]).abs().mean() > 0.05
 
-fig, axes = plt.subplots(4, 1, figsize=(6, 3.6))
+fig, axes = plt.subplots(4, 1, figsize=(8, 5.0))
 for ax, (x, title) in zip(axes, [(a, "seed 7"), (b, "seed 7 again: identical"), (c, "seed 8"),
                                  (sto[2], "seed 7's x_T, DDIM eta = 1, other per-step noise")]):
     plots.show_images(x, nrow=10, ax=ax)

@@ -108,7 +108,8 @@ print(f"ancestral DDPM, {T} evaluations: about {T * sec_per_nfe:.0f} s for {N_EV
 # %% [markdown]
 # ## 2 · DDIM: same marginals, different process
 #
-# **The key observation** (Song, Meng & Ermon 2021, §3). DDPM's loss $L_\text{simple}$ only ever uses the
+# **The key observation** (Song, Meng & Ermon 2021, §3). DDPM's loss ($L_\text{simple}$, or the
+# min-SNR-γ-weighted version the course's `Trainer` uses) only ever uses the
 # marginals $q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}\,x_0, (1-\bar\alpha_t) I)$: it noises $x_0$
 # straight to $x_t$ and asks the network for the noise. It never uses the Markov chain
 # $q(x_t \mid x_{t-1})$ itself. So any other forward process with the **same marginals** leads to the same
@@ -464,7 +465,7 @@ rows = [("DDIM η=1", 3), ("DDIM η=1", 10), ("DDIM", 3), ("DDIM", 10), ("DDIM",
         ("DPM-Solver++(2M)", 3), ("DPM-Solver++(2M)", 10), ("DPM-Solver++(2M)", max(DPM_STEPS))]
 grid = torch.cat([samples[k][:10] for k in rows])
 ax = plots.show_class_grid(grid, n_rows=len(rows), row_labels=[f"{n}, {s} NFE" for n, s in rows],
-                           title="one x_T per column, labels 0–9")
+                           title="one x_T per column, labels 0–9", size_per_image=0.6)   # readable digits
 plt.show()
 
 ref = samples[("DPM-Solver++(2M)", max(DPM_STEPS))]
@@ -527,10 +528,12 @@ assert explorer.run("dpmpp2m", 5)["nfe"] == 5 and explorer.sample_calls == 2
 #
 # ## What comes next
 #
-# **07 · Guidance** uses these fast samplers to study classifier-free guidance: how the guidance weight trades
-# diversity for fidelity (measured), what large weights do to $\hat x_0$, and static clipping against
-# Imagen's dynamic thresholding. Fast samplers are also what later course parts build on: latent diffusion (Stable
-# Diffusion) runs DDIM/DPM-Solver-type samplers in a compressed latent space.
+# **[07 · Guidance](07_guidance.ipynb)** uses these fast samplers to study classifier-free guidance: how the
+# guidance weight trades diversity for fidelity (measured), what large weights do to $\hat x_0$, and static
+# clipping against Imagen's dynamic thresholding. It closes the DDPM part of the course. The next part, not
+# published yet, moves from pixels and class labels to latents and text: latent diffusion (Stable Diffusion),
+# which runs DDIM/DPM-Solver-type samplers like these in the compressed latent space of an autoencoder, text
+# conditioning with CLIP, and personalisation with DreamBooth.
 #
 # **References.** J. Ho, A. Jain, P. Abbeel, *Denoising Diffusion Probabilistic Models*, NeurIPS 2020
 # (Algorithm 2). J. Song, C. Meng, S. Ermon, *Denoising Diffusion Implicit Models*, ICLR 2021 (eqs. 7, 12, 16;

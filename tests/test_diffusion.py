@@ -109,6 +109,24 @@ def test_training_loss_is_l_simple(gen):
     assert float(w[0]) < 0.01 and float(w[-1]) == pytest.approx(1.0)
 
 
+def test_repr_and_loss_label_tell_the_weighting():
+    plain, weighted = GaussianDiffusion("linear", 100), GaussianDiffusion("linear", 100, min_snr_gamma=5.0)
+    assert "min_snr_gamma=None" in repr(plain) and "min_snr_gamma=5.0" in repr(weighted)
+    assert plain.loss_label.startswith("L_simple")
+    assert "L_simple" not in weighted.loss_label and "γ=5" in weighted.loss_label
+    v = GaussianDiffusion("linear", 100, parameterization="v", loss_type="l1")
+    assert "L_simple" not in v.loss_label and "v" in v.loss_label
+    assert "γ=1" in GaussianDiffusion("linear", 100, min_snr_gamma=1.0).loss_label
+
+
+def test_min_snr_weight_values():
+    """ε-loss weight min(SNR, γ)/SNR: 1 where SNR ≤ γ (noisy steps), γ/SNR above (clean steps)."""
+    snr = torch.tensor([0.25, 1.0, 5.0, 20.0, 1000.0], dtype=torch.float64)
+    expected = torch.tensor([1.0, 1.0, 1.0, 0.25, 0.005], dtype=torch.float64)
+    assert torch.allclose(min_snr_weight(snr, 5.0), expected)
+    assert torch.allclose(min_snr_weight(snr, 1.0), torch.tensor([1.0, 1.0, 0.2, 0.05, 0.001], dtype=torch.float64))
+
+
 def test_min_snr_weights_agree_across_parameterizations():
     """The three forms put the same weight min(SNR, γ) on the x_0-space error (Hang et al. 2023)."""
     snr = torch.tensor([0.01, 0.5, 5.0, 50.0, 5000.0], dtype=torch.float64)

@@ -118,7 +118,18 @@ def test_ema_update_rejects_mistakes(fn, match):
 
 def test_ema_warmup_accepts_solution(capsys):
     nb03.check_ema_warmup(lambda step, decay, warmup: min(decay, (1 + step) / (warmup + step)))
-    assert "✅ Correct" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "✅ Correct" in out and "89,990" in out   # the step the full decay is reached, not ~10⁴
+
+
+def test_full_decay_step_is_where_the_warmup_reaches_the_decay():
+    from ddpm_lite.ema import EMA
+    for decay, warmup in ((0.9999, 10), (0.999, 10), (0.99, 5)):
+        k = nb03.full_decay_step(decay, warmup)
+        ema = EMA(torch.nn.Linear(1, 1), decay=decay, warmup=warmup)
+        assert ema.current_decay(k) == decay and ema.current_decay(k - 1) < decay
+        assert abs(k - (warmup * decay - 1) / (1 - decay)) <= 1      # the closed form k = (w·d − 1)/(1 − d)
+    assert nb03.full_decay_step(0.9999, 10) == 89_990
 
 
 @pytest.mark.parametrize("fn, match", [

@@ -121,6 +121,13 @@ def test_plot_2d_and_trajectories():
     assert len(ax.lines) == 5
     with pytest.raises(ValueError):
         plots.plot_trajectories(torch.zeros(3, 2))
+    ax = plots.plot_trajectories(tr, n=3, color="cycle", every=3, lw=1.0)   # states 0, 3, 6 (the last is kept)
+    assert len(ax.lines) == 3 and len({line.get_color() for line in ax.lines}) == 3
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), tr[[0, 3, 6], 0].numpy(), rtol=1e-6)
+    ax = plots.plot_trajectories(tr[:6], n=2, every=4)                      # states 0, 4 and the last, 5
+    np.testing.assert_allclose(ax.lines[1].get_xydata(), tr[[0, 4, 5], 1].numpy(), rtol=1e-6)
+    with pytest.raises(ValueError):
+        plots.plot_trajectories(tr, every=0)
 
 
 def test_fig_to_png_and_new_figure():
