@@ -2,6 +2,7 @@
 
     sample_shape(model)        the shape of one sample the model makes, from ``model.config``
     with eval_mode(model):     run a block in eval mode, then give every submodule its mode back
+    check_t_and_y(...)         the timesteps and class labels a denoising network is called with
 
 The device a model lives on is `ddpm_lite.device.model_device`.
 """
@@ -11,9 +12,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
+import torch
 import torch.nn as nn
 
-__all__ = ["sample_shape", "eval_mode"]
+__all__ = ["sample_shape", "eval_mode", "check_t_and_y"]
 
 
 def sample_shape(model) -> tuple[int, ...]:
@@ -51,3 +53,21 @@ def eval_mode(model) -> Iterator:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def check_t_and_y(who: str, batch: int, t, y, num_classes: int | None) -> None:
+    """Validate the `t` [B] and `y` ([B] integer labels in [0, num_classes], or None) of a network call
+    ``model(x, t, y)`` with a batch of `batch`; `who` names the network in the ValueError."""
+    if not torch.is_tensor(t) or t.shape != (batch,):
+        got = f"shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
+        raise ValueError(f"{who} expects t of shape [B] = ({batch},), got {got}")
+    if y is None:
+        return
+    if num_classes is None:
+        raise ValueError(f"this {who} is unconditional (num_classes=None) but labels y were given; pass y=None")
+    if not torch.is_tensor(y) or y.shape != (batch,) or y.is_floating_point() or y.dtype == torch.bool:
+        got = f"shape {tuple(y.shape)}, dtype {y.dtype}" if torch.is_tensor(y) else type(y).__name__
+        raise ValueError(f"{who} expects y as an integer tensor of shape [B] = ({batch},), got {got}")
+    if batch > 0 and (int(y.min()) < 0 or int(y.max()) > num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes}] ({num_classes} = null class), "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")

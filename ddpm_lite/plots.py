@@ -412,13 +412,18 @@ def plot_2d(points, ax=None, c=None, s: float = 3.0, alpha: float = 0.6, lim: fl
     if c is not None and "cmap" not in scatter_kw and np.ndim(c) == 1 and not isinstance(c[0], str):
         scatter_kw["cmap"] = "coolwarm"
     ax.scatter(p[:, 0], p[:, 1], c=c, s=s, alpha=alpha, linewidths=0, label=label, **scatter_kw)
+    _square_axes(ax, lim, title)
+    return ax
+
+
+def _square_axes(ax, lim: float | None, title: str | None) -> None:
+    """Equal aspect, the window [−lim, lim]² (when given) and a title: the frame of every 2D point plot."""
     ax.set_aspect("equal")
     if lim is not None:
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
     if title:
         ax.set_title(title)
-    return ax
 
 
 def plot_trajectories(trajectory, ax=None, n: int = 64, lim: float | None = 2.5, color="0.5", title: str | None = None,
@@ -447,12 +452,7 @@ def plot_trajectories(trajectory, ax=None, n: int = 64, lim: float | None = 2.5,
         ax.plot(lines[:, :, 0], lines[:, :, 1], color=color, lw=lw, alpha=alpha)
     ax.scatter(sub[0, :, 0], sub[0, :, 1], s=6, color="0.6", label=r"start $x_T$", zorder=3)
     ax.scatter(sub[-1, :, 0], sub[-1, :, 1], s=8, color="#d62728", label=r"end $x_0$", zorder=4)
-    ax.set_aspect("equal")
-    if lim is not None:
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-    if title:
-        ax.set_title(title)
+    _square_axes(ax, lim, title)
     ax.legend(loc="lower right")
     return ax
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ddpm_lite.models import check_t_and_y
 from ddpm_lite.unet import timestep_embedding
 
 
@@ -78,21 +79,7 @@ class ToyMLP(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"ToyMLP expects a floating-point x, got dtype {x.dtype}")
         B = x.shape[0]
-        if not torch.is_tensor(t) or t.shape != (B,):
-            got = f"shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
-            raise ValueError(f"ToyMLP expects t of shape [B] = ({B},), got {got}")
-        if y is None:
-            return
-        if self.num_classes is None:
-            raise ValueError("this ToyMLP is unconditional (num_classes=None) but labels y were given; pass y=None")
-        if not torch.is_tensor(y) or y.shape != (B,) or y.is_floating_point() or y.dtype == torch.bool:
-            got = f"shape {tuple(y.shape)}, dtype {y.dtype}" if torch.is_tensor(y) else type(y).__name__
-            raise ValueError(f"ToyMLP expects y as an integer tensor of shape [B] = ({B},), got {got}")
-        if B > 0 and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
-            raise ValueError(
-                f"labels must be in [0, {self.num_classes}] ({self.num_classes} = null class), "
-                f"got values in [{int(y.min())}, {int(y.max())}]"
-            )
+        check_t_and_y("ToyMLP", B, t, y, self.num_classes)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(x, t, y)

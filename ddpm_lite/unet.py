@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .models import check_t_and_y
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps ``t`` [B] -> [B, dim].
@@ -276,21 +278,7 @@ class UNet(nn.Module):
             raise ValueError(f"UNet expects {self.in_channels} input channels, got {C} (x shape {tuple(x.shape)})")
         if (H, W) != self.image_size:
             raise ValueError(f"UNet expects images of size (H, W) = {self.image_size}, got {(H, W)}")
-        if not torch.is_tensor(t) or t.shape != (B,):
-            got = f"shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
-            raise ValueError(f"UNet expects t of shape [B] = ({B},), got {got}")
-        if y is None:
-            return
-        if self.num_classes is None:
-            raise ValueError("this UNet is unconditional (num_classes=None) but labels y were given; pass y=None")
-        if not torch.is_tensor(y) or y.shape != (B,) or y.is_floating_point() or y.dtype == torch.bool:
-            got = f"shape {tuple(y.shape)}, dtype {y.dtype}" if torch.is_tensor(y) else type(y).__name__
-            raise ValueError(f"UNet expects y as an integer tensor of shape [B] = ({B},), got {got}")
-        if B > 0 and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
-            raise ValueError(
-                f"labels must be in [0, {self.num_classes}] ({self.num_classes} = null class), "
-                f"got values in [{int(y.min())}, {int(y.max())}]"
-            )
+        check_t_and_y("UNet", B, t, y, self.num_classes)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
