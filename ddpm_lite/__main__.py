@@ -199,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False, help="progress bar")
+    edit = s.add_argument_group("editing an image (ddpm_lite.editing)")
+    edit.add_argument("--init-image", default=None,
+                      help="start from these images instead of noise: an .npz with 'images' (as --save-array "
+                           "writes) or a PNG/JPEG of the model's size; cycled to fill --n")
+    edit.add_argument("--strength", type=float, default=None,
+                      help="image-to-image (SDEdit): how much to change --init-image, 0 (return it) .. 1 "
+                           "(ignore it); default 0.5")
+    edit.add_argument("--keep-mask", default=None,
+                      help="inpainting (RePaint): keep --init-image where this mask is 1 (white) and let the model "
+                           "draw where it is 0 (black); an .npz with 'mask' [H, W] or a PNG of the model's size")
+    edit.add_argument("--resample", type=int, default=1,
+                      help="inpainting: take every step this many times (RePaint's resampling; 1 = none)")
 
     e = sub.add_parser("export", help="write a shareable checkpoint (config + weights, no optimizer state)",
                        formatter_class=fmt,
@@ -328,18 +340,39 @@ def _sample(args) -> int:
         if args.steps is not None and not 1 <= args.steps <= diffusion.num_timesteps:
             raise UsageError(f"--steps must be in 1..{diffusion.num_timesteps}, got {args.steps}")
         shape = _sample_shape(config, model)
+        init = keep = None
+        if args.init_image is None and (args.strength is not None or args.keep_mask is not None):
+            raise UsageError("--strength and --keep-mask edit an image: give it with --init-image")
+        if args.strength is not None and args.keep_mask is not None:
+            raise UsageError("choose one edit: --strength (image-to-image) or --keep-mask (inpainting)")
+        if args.init_image is not None:
+            init = _read_images(args.init_image, shape, args.n)
+        if args.keep_mask is not None:
+            keep = _read_mask(args.keep_mask, shape)
     except ValueError as e:
         return _fail(e)
 
+    from . import editing
+
     gen = torch.Generator().manual_seed(args.seed)
+    common = dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, generator=gen,
+                  progress=args.progress)
     chunks = []
-    for start in range(0, args.n, args.batch_size):
-        b = min(args.batch_size, args.n - start)
-        y = torch.tensor(labels[start:start + b], dtype=torch.long) if labels is not None else None
-        x = samplers.sample(model, diffusion, (b, *shape), sampler=args.sampler, steps=args.steps, y=y,
-                            guidance=args.guidance, eta=args.eta, generator=gen, device=device,
-                            progress=args.progress)
-        chunks.append(x.float().cpu())
+    try:
+        for start in range(0, args.n, args.batch_size):
+            b = min(args.batch_size, args.n - start)
+            y = torch.tensor(labels[start:start + b], dtype=torch.long, device=device) if labels is not None else None
+            if keep is not None:
+                x = editing.inpaint(model, diffusion, init[start:start + b].to(device), keep.to(device), y=y,
+                                    resample=args.resample, **common)
+            elif init is not None:
+                strength = 0.5 if args.strength is None else args.strength
+                x = editing.img2img(model, diffusion, init[start:start + b].to(device), strength, y=y, **common)
+            else:
+                x = samplers.sample(model, diffusion, (b, *shape), y=y, device=device, **common)
+            chunks.append(x.float().cpu())
+    except ValueError as e:
+        return _fail(e)
     images = torch.cat(chunks)
 
     out = Path(args.out)
@@ -373,6 +406,65 @@ def _sample(args) -> int:
         np.savez(arr, images=images.numpy().astype(np.float32), labels=label_array)
         print(f"wrote arrays to {arr}")
     return 0
+
+
+def _read_image_file(path: Path, channels: int):
+    """A PNG/JPEG as a float tensor [1, C, H, W] in [-1, 1] with the model's number of channels."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as e:
+        raise UsageError(f"{path}: not a readable PNG/JPEG image ({e})") from None
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr / 127.5 - 1.0).unsqueeze(0)
+
+
+def _read_images(path: str, shape: tuple, n: int):
+    """--init-image: an .npz with 'images' [N, C, H, W] in [-1, 1] or one PNG/JPEG, cycled to n images."""
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--init-image {path} does not exist")
+    if p.suffix == ".npz":
+        with np.load(p) as f:
+            if "images" not in f:
+                raise UsageError(f"--init-image {path}: expected an array named 'images' (as --save-array writes), "
+                                 f"found {sorted(f.files)}")
+            images = torch.from_numpy(np.asarray(f["images"], dtype=np.float32))
+    else:
+        images = _read_image_file(p, shape[0])
+    if images.dim() != 4 or tuple(images.shape[1:]) != tuple(shape):
+        raise UsageError(f"--init-image {path}: the model makes images of shape {list(shape)} (C, H, W), the file "
+                         f"holds {list(images.shape[1:]) if images.dim() == 4 else list(images.shape)}")
+    reps = -(-n // images.shape[0])
+    return images.repeat(reps, 1, 1, 1)[:n]
+
+
+def _read_mask(path: str, shape: tuple):
+    """--keep-mask: an .npz with 'mask' [H, W] of 0/1, or a black-and-white PNG (white = keep)."""
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--keep-mask {path} does not exist")
+    if p.suffix == ".npz":
+        with np.load(p) as f:
+            if "mask" not in f:
+                raise UsageError(f"--keep-mask {path}: expected an array named 'mask', found {sorted(f.files)}")
+            mask = torch.from_numpy(np.asarray(f["mask"], dtype=np.float32))
+    else:
+        mask = (_read_image_file(p, 1)[0, 0] > 0).float()  # white (> mid-grey) = keep
+    if tuple(mask.shape) != tuple(shape[1:]):
+        raise UsageError(f"--keep-mask {path}: expected a mask of the image size {list(shape[1:])} (H, W), "
+                         f"got {list(mask.shape)}")
+    return mask[None, None]
 
 
 # -- export -----------------------------------------------------------------------------------------------
