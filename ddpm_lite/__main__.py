@@ -1,4 +1,4 @@
-"""Command line: `python -m ddpm_lite train ...` and `python -m ddpm_lite sample ...`.
+"""Command line: `python -m ddpm_lite train ...`, `sample ...`, `export ...` and `train-autoencoder ...`.
 
     python -m ddpm_lite train                                  # class-conditional digits, 60 s on the CPU
     python -m ddpm_lite train --dataset mnist --max-steps 20000 --out runs/mnist
@@ -6,6 +6,13 @@
     torchrun --nproc_per_node 2 -m ddpm_lite train --max-steps 5000            # data-parallel
     python -m ddpm_lite sample --checkpoint runs/digits --labels 0,1,2 --n 30 --guidance 1 --out samples.png
     python -m ddpm_lite export --checkpoint runs/digits --out assets/checkpoints/digits   # weights only, to share
+
+Latent diffusion (Rombach et al. 2022): train the autoencoder, then a diffusion model on its latents; the
+latent checkpoint carries its autoencoder, so `sample` (and --init-image editing) works on it as on any other:
+
+    python -m ddpm_lite train-autoencoder --dataset mnist5k --max-seconds 300 --out runs/mnist5k-autoencoder
+    python -m ddpm_lite train --dataset mnist5k --autoencoder runs/mnist5k-autoencoder --out runs/mnist5k-latent
+    python -m ddpm_lite sample --checkpoint runs/mnist5k-latent --n 100 --out latent_samples.png
 
 The `train` flags are generated from `ddpm_lite.train.TrainConfig`: one `--field-name` per field (help text
 and choices from the field's metadata), so every setting of a run is reachable, e.g.
@@ -36,6 +43,10 @@ PROG = "python -m ddpm_lite"
 # of the field's metadata (see ddpm_lite.train._knob). The exceptions, all listed here:
 TRAIN_FLAG_ALIASES = {"out_dir": ("--out",)}  # older spellings that keep working
 TRAIN_EXTRA_FLAGS = ("base_channels",)        # train flags that are not TrainConfig fields
+# TrainConfig fields that do not apply to `train-autoencoder` (objective="autoencoder"): it has every other flag
+AUTOENCODER_SKIPPED_FIELDS = ("preset", "objective", "autoencoder", "conditional", "label_dropout", "timesteps",
+                              "schedule", "parameterization", "loss_type", "min_snr_gamma", "sampler",
+                              "sample_steps", "sample_guidance")
 _RESUME_OUT = "__out__"                        # bare `--resume`: continue the run in --out
 
 
@@ -124,20 +135,23 @@ def _scalar(kinds: list[type], optional: bool, words: tuple):
     return parse
 
 
-def _add_train_flags(t: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, default=SUPPRESS: the parsed namespace holds exactly the flags given,
-    so the rest keep TrainConfig's defaults (and recipes) and `--resume` overrides only what was typed."""
+def _add_train_flags(t: argparse.ArgumentParser, skip: tuple = ()) -> None:
+    """One flag per TrainConfig field (except those in `skip`), default=SUPPRESS: the parsed namespace holds
+    exactly the flags given, so the rest keep TrainConfig's defaults (and recipes) and `--resume` overrides only
+    what was typed."""
     from .train import TrainConfig
 
     defaults = TrainConfig()
     groups = {}
-    group = None
+    group = title = None
     for f in fields(TrainConfig):
         meta = f.metadata
         if "help" not in meta:
             raise TypeError(f"TrainConfig.{f.name} has no help text (metadata['help']): use train._knob")
-        title = meta.get("group")
-        if title is not None:
+        title = meta.get("group", title)
+        if f.name in skip:
+            continue
+        if title is not None and title not in groups:
             group = groups[title] = t.add_argument_group(title)
         flag = "--" + f.name.replace("_", "-")
         flags = (flag, *TRAIN_FLAG_ALIASES.get(f.name, ()))
@@ -161,6 +175,8 @@ def _add_train_flags(t: argparse.ArgumentParser) -> None:
         else:
             raise TypeError(f"TrainConfig.{f.name}: cannot make a command-line flag for type {f.type!r}")
         (group or t).add_argument(*flags, **kw)
+    if "base_channels" in skip:
+        return
     groups["data and model"].add_argument(
         "--base-channels", type=int, default=argparse.SUPPRESS,
         help="shortcut for --model-kwargs '{\"base_channels\": N}': the width of the preset (default: the preset's)")
@@ -171,13 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = _Parser(prog=PROG, description="Train and sample DDPMs (ddpm_lite).", formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,export}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,export,train-autoencoder}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a diffusion model", formatter_class=fmt,
                        description="Train a diffusion model. With no flags: class-conditional digits for 60 s. "
                                    "Every flag is a field of ddpm_lite.train.TrainConfig.")
     _add_train_flags(t)
+
+    a = sub.add_parser(
+        "train-autoencoder", help="train the autoencoder of latent diffusion", formatter_class=fmt,
+        description="Train latent diffusion's first stage (Rombach et al. 2022): an AutoencoderKL (ddpm_lite."
+                    "autoencoder) with reconstruction + kl_weight * KL, through the same Trainer as `train` (EMA, "
+                    "exact --resume, atomic checkpoints, Ctrl-C saves). Every checkpoint stores the latent scale "
+                    "factor measured on the training data. Sample grids are reconstructions (rows of inputs "
+                    "alternate with rows of their reconstructions). Size the network with --model-kwargs, e.g. "
+                    "'{\"channels\": [32, 64], \"latent_channels\": 4}' (the defaults: 28x28 -> 4x7x7). Then train a "
+                    "latent diffusion model on it: `train --dataset DATASET --autoencoder OUT`. The flags are "
+                    "train's, less those of the diffusion (--out defaults to runs/<dataset>-autoencoder).")
+    _add_train_flags(a, skip=AUTOENCODER_SKIPPED_FIELDS + ("base_channels",))
 
     s = sub.add_parser("sample", help="generate images from a checkpoint", formatter_class=fmt,
                        description="Generate samples from a checkpoint (EMA weights) and save a grid / array.")
@@ -230,11 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- train ------------------------------------------------------------------------------------------------
 
-def _train(args) -> int:
+def _train(args, objective: str | None = None) -> int:
     from .data import DatasetUnavailableError
     from .train import NonFiniteError, TrainConfig, Trainer
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}  # typed flags only
+    if objective is not None:
+        given["objective"] = objective
     resume = given.pop("resume", None)
     base_channels = getattr(args, "base_channels", None)
     try:
@@ -246,7 +276,8 @@ def _train(args) -> int:
             if path == _RESUME_OUT:
                 out = given.get("out_dir")
                 dataset = given.get("dataset", TrainConfig().dataset)
-                path = out if out not in (None, "auto") else str(Path("runs") / dataset)
+                suffix = "-autoencoder" if objective == "autoencoder" else "-latent" if given.get("autoencoder") else ""
+                path = out if out not in (None, "auto") else str(Path("runs") / f"{dataset}{suffix}")
             trainer = Trainer.resume(path, **given)
         else:
             if base_channels is not None:
@@ -262,7 +293,8 @@ def _train(args) -> int:
     if trainer.is_main:
         n_params = sum(p.numel() for p in trainer.raw_model.parameters())
         where = trainer.out_dir if trainer.out_dir is not None else "(memory)"
-        print(f"training {type(trainer.raw_model).__name__} ({n_params / 1e6:.2f}M parameters) on "
+        latent = f" latents {list(trainer.sample_shape)} of" if trainer.autoencoder is not None else ""
+        print(f"training {type(trainer.raw_model).__name__} ({n_params / 1e6:.2f}M parameters) on{latent} "
               f"{trainer.config.dataset} with {trainer.device}, world size {trainer.dist.world_size}, "
               f"from step {trainer.step}; writing to {where}", flush=True)
     try:
@@ -274,7 +306,11 @@ def _train(args) -> int:
     if trainer.is_main:
         loss = f", last logged loss {history[-1]['loss']:.4f}" if history else ""
         print(f"stopped at step {trainer.step} after {trainer.elapsed:.1f} s{loss}")
-        if trainer.out_dir is not None:
+        if trainer.out_dir is not None and trainer.diffusion is None:
+            print(f"checkpoint: {trainer.checkpoint_dir} (latent scale factor "
+                  f"{trainer.raw_model.scale_factor:.4g})\ntrain latent diffusion on it with: {PROG} train --dataset "
+                  f"{trainer.config.dataset} --autoencoder {trainer.out_dir}")
+        elif trainer.out_dir is not None:
             print(f"checkpoint: {trainer.checkpoint_dir}\nsample with: {PROG} sample --checkpoint {trainer.out_dir}")
     return 130 if trainer.interrupted else 0
 
@@ -317,7 +353,6 @@ def _sample(args) -> int:
     import torch
 
     from . import checkpoint as ckpt
-    from . import samplers
     from .device import pick_device
 
     try:
@@ -328,8 +363,13 @@ def _sample(args) -> int:
         if args.guidance < 0:
             raise UsageError(f"--guidance must be >= 0, got {args.guidance}")
         device = pick_device(args.device)
+        if ckpt.load_config(args.checkpoint, diffusion=False)["model_class"] == "AutoencoderKL":
+            raise UsageError(f"{args.checkpoint} holds an autoencoder (AutoencoderKL), which makes no samples: train "
+                             f"a latent diffusion model on it with `{PROG} train --autoencoder {args.checkpoint}` "
+                             f"and sample from that")
         config = ckpt.load_config(args.checkpoint)
         model, diffusion = ckpt.from_pretrained(args.checkpoint, device=device, use_ema=args.ema)
+        autoencoder = ckpt.load_autoencoder(args.checkpoint, device=device)  # None: a pixel-space model
         num_classes = getattr(model, "num_classes", None)
         labels = _parse_labels(args.labels, num_classes, args.n)
         if args.guidance > 0 and num_classes is None:
@@ -339,20 +379,30 @@ def _sample(args) -> int:
                              f"--sampler ddim / dpmpp2m")
         if args.steps is not None and not 1 <= args.steps <= diffusion.num_timesteps:
             raise UsageError(f"--steps must be in 1..{diffusion.num_timesteps}, got {args.steps}")
-        shape = _sample_shape(config, model)
+        shape = _sample_shape(config, model)  # a latent model's: the latent shape
+        image_shape = tuple(autoencoder.image_shape) if autoencoder is not None else shape
         init = keep = None
         if args.init_image is None and (args.strength is not None or args.keep_mask is not None):
             raise UsageError("--strength and --keep-mask edit an image: give it with --init-image")
         if args.strength is not None and args.keep_mask is not None:
             raise UsageError("choose one edit: --strength (image-to-image) or --keep-mask (inpainting)")
         if args.init_image is not None:
-            init = _read_images(args.init_image, shape, args.n)
+            init = _read_images(args.init_image, image_shape, args.n)
         if args.keep_mask is not None:
-            keep = _read_mask(args.keep_mask, shape)
+            keep = _read_mask(args.keep_mask, image_shape)
     except ValueError as e:
         return _fail(e)
 
-    from . import editing
+    from . import editing, latent
+
+    if autoencoder is not None:  # latent diffusion: edit / sample in latent space, then decode (ddpm_lite.latent)
+        def inpaint(model, diffusion, x, keep, **kw):
+            return latent.inpaint(model, diffusion, autoencoder, x, keep, **kw)
+
+        def img2img(model, diffusion, x, strength, **kw):
+            return latent.img2img(model, diffusion, autoencoder, x, strength, **kw)
+    else:
+        inpaint, img2img = editing.inpaint, editing.img2img
 
     gen = torch.Generator().manual_seed(args.seed)
     common = dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, generator=gen,
@@ -363,13 +413,14 @@ def _sample(args) -> int:
             b = min(args.batch_size, args.n - start)
             y = torch.tensor(labels[start:start + b], dtype=torch.long, device=device) if labels is not None else None
             if keep is not None:
-                x = editing.inpaint(model, diffusion, init[start:start + b].to(device), keep.to(device), y=y,
-                                    resample=args.resample, **common)
+                x = inpaint(model, diffusion, init[start:start + b].to(device), keep.to(device), y=y,
+                            resample=args.resample, **common)
             elif init is not None:
                 strength = 0.5 if args.strength is None else args.strength
-                x = editing.img2img(model, diffusion, init[start:start + b].to(device), strength, y=y, **common)
+                x = img2img(model, diffusion, init[start:start + b].to(device), strength, y=y, **common)
             else:
-                x = samplers.sample(model, diffusion, (b, *shape), y=y, device=device, **common)
+                x = latent.sample_images(model, diffusion, (b, *shape), autoencoder=autoencoder, y=y, device=device,
+                                         **common)
             chunks.append(x.float().cpu())
     except ValueError as e:
         return _fail(e)
@@ -474,9 +525,10 @@ def _export(args) -> int:
     from .ema import EMA
 
     try:
-        config = ckpt.load_config(args.checkpoint)
+        config = ckpt.load_config(args.checkpoint, diffusion=False)  # an autoencoder has no diffusion
         model = ckpt.load_weights(args.checkpoint, ckpt.model_from_config(config), "model")
-        diffusion = ckpt.diffusion_from_config(config)
+        is_autoencoder = config["model_class"] == "AutoencoderKL"
+        diffusion = None if is_autoencoder else ckpt.diffusion_from_config(ckpt.load_config(args.checkpoint))
         ema = None
         extra = dict(config.get("extra", {}))
         if args.ema_only:
@@ -494,10 +546,14 @@ def _export(args) -> int:
             extra["stored_dtype"] = "float16"
         if args.note:
             extra["note"] = args.note
-        out = ckpt.save_pretrained(args.out, model, diffusion, ema=ema, extra=extra)
+        # a latent model's autoencoder travels with it (None for a pixel-space model)
+        autoencoder = None if is_autoencoder else ckpt.load_autoencoder(args.checkpoint)
+        if autoencoder is not None and args.fp16:
+            autoencoder.half()
+        out = ckpt.save_pretrained(args.out, model, diffusion, ema=ema, extra=extra, autoencoder=autoencoder)
     except ValueError as e:
         return _fail(e)
-    size = sum(f.stat().st_size for f in out.iterdir())
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"exported {ckpt.resolve_checkpoint_dir(args.checkpoint)} to {out} ({size / 1e6:.1f} MB)")
     return 0
 
@@ -518,6 +574,8 @@ def main(argv=None) -> int:
         return _train(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "train-autoencoder":
+        return _train(args, objective="autoencoder")
     return _sample(args)
 
 

@@ -204,22 +204,52 @@ class AutoencoderKL(nn.Module):
         self.config["scale_factor"] = float(value)
 
 
+RECON_LOSSES = ("l1", "l2")
+
+
+class AutoencoderObjective:
+    """LDM's KL-reg objective in the interface the `Trainer` calls for one step, like `GaussianDiffusion`'s:
+
+        objective.training_losses(model, x, y=None, generator=None)
+            -> {"loss": [B], "recon": [B], "kl": [B]}       per image: recon + kl_weight · KL
+
+    The reconstruction term is summed over pixels (like the KL over latent dimensions), so β = ``kl_weight``
+    weighs the two on the same per-image scale as in LDM (Rombach et al. 2022, App. G; their β ≈ 1e-6).
+    ``recon``: "l1" (LDM's pixel term, sharper) or "l2". ``y`` (class labels) is accepted and ignored: the
+    first stage is unconditional. ``generator`` draws the reparameterisation noise z = μ + σ ⊙ ε.
+    """
+
+    def __init__(self, kl_weight: float = 1e-6, recon: str = "l1"):
+        if recon not in RECON_LOSSES:
+            raise ValueError(f"recon must be one of {', '.join(RECON_LOSSES)}, got {recon!r}")
+        if not (kl_weight >= 0 and math.isfinite(kl_weight)):
+            raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
+        self.kl_weight, self.recon = float(kl_weight), recon
+
+    @property
+    def config(self) -> dict:
+        return {"kl_weight": self.kl_weight, "recon": self.recon}
+
+    def __repr__(self) -> str:
+        return f"AutoencoderObjective(kl_weight={self.kl_weight:g}, recon={self.recon!r})"
+
+    def to(self, device=None) -> "AutoencoderObjective":  # nothing to move: the same call as GaussianDiffusion.to
+        return self
+
+    def training_losses(self, model, x: torch.Tensor, y=None, generator: torch.Generator | None = None) -> dict:
+        x_hat, posterior = model(x, generator)
+        err = (x_hat - x).abs() if self.recon == "l1" else (x_hat - x).pow(2)
+        rec = err.flatten(1).sum(1)
+        kl = posterior.kl()
+        return {"loss": rec + self.kl_weight * kl, "recon": rec.detach(), "kl": kl.detach()}
+
+
 def autoencoder_loss(model: AutoencoderKL, x: torch.Tensor, kl_weight: float = 1e-6, recon: str = "l1",
                      generator: torch.Generator | None = None) -> dict:
-    """LDM's KL-reg objective per image, averaged over the batch: reconstruction + β · KL.
-
-    The reconstruction term is summed over pixels (like the KL over latent dimensions), so β weighs the two
-    on the same per-image scale as in LDM. Returns {"loss", "recon", "kl"} (scalars; "loss" has gradients).
-    """
-    if recon not in ("l1", "l2"):
-        raise ValueError(f"recon must be 'l1' or 'l2', got {recon!r}")
-    if kl_weight < 0:
-        raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
-    x_hat, posterior = model(x, generator)
-    err = (x_hat - x).abs() if recon == "l1" else (x_hat - x).pow(2)
-    rec = err.flatten(1).sum(1).mean()
-    kl = posterior.kl().mean()
-    return {"loss": rec + kl_weight * kl, "recon": rec.detach(), "kl": kl.detach()}
+    """`AutoencoderObjective`'s loss averaged over the batch: {"loss", "recon", "kl"} (scalars; "loss" has
+    gradients)."""
+    out = AutoencoderObjective(kl_weight, recon).training_losses(model, x, generator=generator)
+    return {key: value.mean() for key, value in out.items()}
 
 
 @torch.no_grad()

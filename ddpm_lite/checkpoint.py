@@ -29,6 +29,17 @@ A network that is not a diffusion model's (the evaluation classifier, `ddpm_lite
 the same layout by `save_pretrained(directory, model)` without a diffusion: its config.json then has no
 "diffusion_config", and `load_model` reads it back.
 
+A *latent diffusion* checkpoint (Rombach et al. 2022: the diffusion runs on an autoencoder's scaled latents)
+carries its frozen autoencoder in a subfolder, so that sampling needs this one directory:
+
+    config.json, model.safetensors, ...   the latent UNet + diffusion, as above; extra.autoencoder = "autoencoder"
+    autoencoder/config.json               the AutoencoderKL (its model_config holds the latent scale factor)
+    autoencoder/model.safetensors         its weights (the ones the latents were encoded with)
+
+`save_pretrained(..., autoencoder=ae)` writes it inside the same atomic swap (a resumed run's checkpoint
+keeps it), `from_pretrained` still returns (model, diffusion), and `load_autoencoder(directory)` returns the
+autoencoder (or None for a pixel-space model).
+
 A *run directory* written by the trainer holds the checkpoint in `<run>/checkpoint/` next to sample grids;
 every loader here accepts either the checkpoint directory or the run directory.
 """
@@ -54,6 +65,7 @@ EMA_WEIGHTS_NAME = "ema.safetensors"
 TRAINER_STATE_NAME = "trainer_state.json"
 TRAINER_TENSORS_NAME = "trainer_state.safetensors"
 RUN_SUBDIR = "checkpoint"  # a trainer run directory keeps its checkpoint here
+AUTOENCODER_SUBDIR = "autoencoder"  # a latent diffusion checkpoint keeps its autoencoder here
 
 
 class CheckpointError(ValueError):
@@ -76,12 +88,13 @@ def register_model(cls: type, name: str | None = None) -> type:
 
 def model_registry() -> dict[str, type]:
     """{class name: class} of every model `from_pretrained` can build."""
+    from .autoencoder import AutoencoderKL
     from .classifier import DigitsClassifier, MNISTClassifier
     from .toy_mlp import ToyMLP
     from .unet import UNet
 
     return {"UNet": UNet, "ToyMLP": ToyMLP, "DigitsClassifier": DigitsClassifier, "MNISTClassifier": MNISTClassifier,
-            **_EXTRA_MODELS}
+            "AutoencoderKL": AutoencoderKL, **_EXTRA_MODELS}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -293,8 +306,30 @@ def _is_ddpm_lite_checkpoint(directory: Path) -> bool:
     return isinstance(cfg, dict) and cfg.get("format") == FORMAT_NAME
 
 
+def _checkpoint_config(model: nn.Module, diffusion, has_ema: bool, extra: dict | None) -> dict:
+    from . import __version__
+
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "ddpm_lite_version": __version__,
+        "model_class": _model_class_name(model),
+        "model_config": dict(model.config),
+        "diffusion_config": dict(diffusion.config) if diffusion is not None else None,
+        "has_ema": has_ema,
+        "extra": dict(extra or {}),
+    }
+    if diffusion is None:
+        del config["diffusion_config"]
+    try:
+        json.dumps(config)
+    except TypeError as e:
+        raise CheckpointError(f"config.json would not be valid JSON: {e}; keep model.config and extra JSON-able") from None
+    return config
+
+
 def save_pretrained(directory, model: nn.Module, diffusion=None, ema=None, trainer_state: dict | None = None,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, autoencoder: nn.Module | None = None) -> Path:
     """Write a checkpoint directory atomically (see the module docstring); returns its path.
 
     Args:
@@ -302,14 +337,15 @@ def save_pretrained(directory, model: nn.Module, diffusion=None, ema=None, train
             non-empty directory is refused (so a typo cannot wipe, say, your run's sample grids).
         model: the network (DDP / torch.compile wrappers are unwrapped). Its class must be registered.
         diffusion: the `GaussianDiffusion` (its `.config` is stored), or None for a network that is not a
-            diffusion model's (the evaluation classifier): config.json then has no "diffusion_config", and
-            `load_model` (not `from_pretrained`) loads it.
+            diffusion model's (the evaluation classifier, an autoencoder): config.json then has no
+            "diffusion_config", and `load_model` (not `from_pretrained`) loads it.
         ema: an `ddpm_lite.ema.EMA` (its averaged weights go to ema.safetensors), or None.
         trainer_state: a nested dict for resuming (tensors anywhere), or None.
         extra: a JSON-able dict stored under "extra" in config.json (dataset, sample shape, class names, ...).
+        autoencoder: for a latent diffusion model, the `AutoencoderKL` whose scaled latents it models: saved
+            (weights only) in the subfolder `autoencoder/` of the same atomic write, and named in
+            extra["autoencoder"]; `load_autoencoder` reads it back.
     """
-    from . import __version__
-
     directory = Path(directory)
     model = unwrap_model(model)
     if directory.exists():
@@ -320,22 +356,13 @@ def save_pretrained(directory, model: nn.Module, diffusion=None, ema=None, train
                 f"refusing to replace {directory}: it is not empty and not a ddpm_lite checkpoint; choose another "
                 f"directory (or delete it yourself)"
             )
-    config = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "ddpm_lite_version": __version__,
-        "model_class": _model_class_name(model),
-        "model_config": dict(model.config),
-        "diffusion_config": dict(diffusion.config) if diffusion is not None else None,
-        "has_ema": ema is not None,
-        "extra": dict(extra or {}),
-    }
-    if diffusion is None:
-        del config["diffusion_config"]
-    try:
-        json.dumps(config)
-    except TypeError as e:
-        raise CheckpointError(f"config.json would not be valid JSON: {e}; keep model.config and extra JSON-able") from None
+    extra = dict(extra or {})
+    ae_config = None
+    if autoencoder is not None:
+        autoencoder = unwrap_model(autoencoder)
+        extra["autoencoder"] = AUTOENCODER_SUBDIR
+        ae_config = _checkpoint_config(autoencoder, None, False, {"role": "latent diffusion first stage"})
+    config = _checkpoint_config(model, diffusion, ema is not None, extra)
 
     with atomic_directory(directory) as tmp:
         _write_json(tmp / CONFIG_NAME, config)
@@ -346,6 +373,12 @@ def save_pretrained(directory, model: nn.Module, diffusion=None, ema=None, train
             skeleton, tensors = flatten_state(trainer_state)
             _write_bytes(tmp / TRAINER_TENSORS_NAME, _tensors_to_bytes(tensors))
             _write_json(tmp / TRAINER_STATE_NAME, {"format_version": FORMAT_VERSION, "state": skeleton})
+        if autoencoder is not None:
+            sub = tmp / AUTOENCODER_SUBDIR
+            sub.mkdir()
+            _write_json(sub / CONFIG_NAME, ae_config)
+            _write_bytes(sub / WEIGHTS_NAME, _tensors_to_bytes(autoencoder.state_dict()))
+            _fsync_dir(sub)
     return directory
 
 
@@ -487,6 +520,33 @@ def load_model(directory, device="cpu", use_ema: bool = True) -> nn.Module:
     use_ema = use_ema and (config.get("has_ema") or (directory / EMA_WEIGHTS_NAME).exists())
     load_weights(directory, model, "ema" if use_ema else "model")
     return model.to(device).eval()
+
+
+def load_autoencoder(directory, device="cpu", use_ema: bool = True):
+    """The `AutoencoderKL` of a checkpoint, in eval mode, or None if it has none (a pixel-space model).
+
+    `directory` is a latent diffusion checkpoint (its `autoencoder/` subfolder is loaded) or an autoencoder's
+    own checkpoint (as `python -m ddpm_lite train-autoencoder` writes; its EMA weights when `use_ema`).
+    """
+    from .autoencoder import AutoencoderKL
+
+    directory = resolve_checkpoint_dir(directory)
+    config = load_config(directory, diffusion=False)
+    if config["model_class"] == "AutoencoderKL":
+        return load_model(directory, device, use_ema)
+    sub = config.get("extra", {}).get("autoencoder")
+    if not sub:
+        return None
+    if not isinstance(sub, str) or Path(sub).name != sub or sub in (".", ".."):
+        raise CheckpointError(f"{directory / CONFIG_NAME}: extra.autoencoder must name a subfolder of the checkpoint, "
+                              f"got {sub!r}")
+    if not (directory / sub / CONFIG_NAME).exists():
+        raise CheckpointError(f"{directory} is a latent diffusion checkpoint but its autoencoder subfolder {sub}/ is "
+                              f"missing or incomplete: copy the whole checkpoint directory, subfolders included")
+    autoencoder = load_model(directory / sub, device, use_ema)
+    if not isinstance(autoencoder, AutoencoderKL):
+        raise CheckpointError(f"{directory / sub} holds a {type(autoencoder).__name__}, not an AutoencoderKL")
+    return autoencoder
 
 
 def load_trainer_state(directory) -> dict | None:

@@ -31,11 +31,13 @@ from .samplers import (Step, _alpha_bar, _full, _last, _progress, ddim_update, d
                        sample_steps, timestep_sequence)
 
 
-def _check_images(x, name: str) -> torch.Tensor:
+def _check_images(x, name: str, check_range: bool = True) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name}: expected a float tensor [B, C, H, W] in [-1, 1], got {shape}")
-    if not torch.isfinite(x).all() or x.abs().max() > 1.0 + 1e-6:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}: expected finite values, got NaN/inf")
+    if check_range and x.abs().max() > 1.0 + 1e-6:
         raise ValueError(f"{name}: expected finite values in [-1, 1] (images in [0, 255]? map them with "
                          f"x / 127.5 - 1), got range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     return x
@@ -67,14 +69,15 @@ def img2img_steps(model, diffusion: GaussianDiffusion, x_init: torch.Tensor, str
                   sampler: str = "ddim", steps: int | None = None, y=None, guidance: float = 0.0, eta: float = 0.0,
                   threshold: str | None = "static", percentile: float = 0.995, spacing: str | None = None,
                   generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                  progress: bool = False) -> Iterator[Step]:
+                  progress: bool = False, check_range: bool = True) -> Iterator[Step]:
     """SDEdit: yield every `Step` of the sampler run from x_{t₀} ~ q(x_{t₀} | x_init) (see the module docstring).
 
     `noise` (default: drawn from `generator`) is the ε of x_{t₀} = √ᾱ_{t₀} x_init + √(1−ᾱ_{t₀}) ε. At
     strength 1 the run starts from ε itself, so it equals `samplers.sample` from x_T = ε. At strength 0
-    nothing runs (no steps are yielded).
+    nothing runs (no steps are yielded). `check_range=False` accepts data outside [-1, 1] (the scaled latents
+    of `ddpm_lite.latent`, which also passes threshold=None).
     """
-    x_init = _check_images(x_init, "x_init")
+    x_init = _check_images(x_init, "x_init", check_range)
     seq = sampler_timesteps(diffusion, sampler, steps, spacing)
     run = sdedit_timesteps(seq, strength)
     if not run:
@@ -120,15 +123,16 @@ def inpaint_steps(model, diffusion: GaussianDiffusion, x_known: torch.Tensor, ma
                   steps: int | None = None, y=None, guidance: float = 0.0, eta: float = 0.0,
                   threshold: str | None = "static", percentile: float = 0.995, spacing: str | None = None,
                   resample: int = 1, generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
-                  progress: bool = False) -> Iterator[Step]:
+                  progress: bool = False, check_range: bool = True) -> Iterator[Step]:
     """RePaint inpainting: yield a `Step` after every (final) update; see the module docstring.
 
     mask: 1 = keep the pixel of `x_known`, 0 = let the model fill it in; any shape that broadcasts to
     `x_known` (one mask for the batch: [1, 1, H, W]). sampler: "ddpm" (RePaint's choice) or "ddim" (its
     updates are single-step; DPM-Solver++'s multistep history would not survive the pasting). resample: how
-    many times each step is taken (1: no resampling; RePaint used 10 with all T steps).
+    many times each step is taken (1: no resampling; RePaint used 10 with all T steps). `check_range`: as in
+    `img2img_steps`.
     """
-    x_known = _check_images(x_known, "x_known")
+    x_known = _check_images(x_known, "x_known", check_range)
     mask = _check_mask(mask, x_known)
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"inpainting supports the single-step samplers 'ddpm' and 'ddim', got {sampler!r}")

@@ -20,13 +20,26 @@ bounded only by `max_seconds`) the cosine runs over the wall-clock budget of the
 
 Outputs, in `out_dir` (rank 0 only):
 
-    checkpoint/            save_pretrained format (config.json, model/ema safetensors, trainer state)
+    checkpoint/            save_pretrained format (config.json, model/ema safetensors, trainer state;
+                           autoencoder/ for a latent model)
     samples/step_XXXXXX.png   sample grids from the EMA model
     history.json           the logged history
 
 Resuming is exact: the data order and the (t, ε, label-dropout) draws come from two torch.Generators whose
 states are saved with the optimizer, EMA and the global RNG states (for dropout), so N steps straight and
 N/2 + save + resume + N/2 give bit-identical weights on the CPU.
+
+Objectives: the loop above trains whatever `objective.training_losses(model, x, y=y, generator=...)["loss"]`
+([B], averaged) defines. `objective="diffusion"` (default) uses the `GaussianDiffusion`; `objective="autoencoder"`
+trains latent diffusion's first stage, an `AutoencoderKL`, with `autoencoder.AutoencoderObjective` (LDM's
+reconstruction + β·KL, Rombach et al. 2022) through the same loop: progress bar, NaN guard, EMA, exact resume,
+atomic checkpoints and Ctrl-C all as above. Its "sample grids" are reconstructions of a fixed batch (the first
+`sample_n` training images; originals and reconstructions in alternating rows), and every checkpoint stores
+the latent scale factor (1 / std of the EMA model's latents over the training data, `measure_scale_factor`)
+in the autoencoder's config. `autoencoder=DIR` trains a *latent* diffusion model: the frozen autoencoder of DIR
+encodes the dataset once (posterior means × scale factor, see `ddpm_lite.latent`), the ordinary diffusion
+objective trains the `latent` UNet preset on those latents, sample grids are decoded, and the checkpoint
+carries the autoencoder in its `autoencoder/` subfolder (see `ddpm_lite.checkpoint`).
 
 Ctrl-C (KeyboardInterrupt) during `train()` saves a checkpoint (atomically) and `train()` returns normally
 with `trainer.interrupted = True`, so a notebook keeps its trainer and a later `train()` call continues.
@@ -52,6 +65,7 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import distributed
+from .autoencoder import RECON_LOSSES
 from .data import KNOWN_DATASETS
 from .device import pick_device
 from .diffusion import LOSS_TYPES, PARAMETERIZATIONS
@@ -62,6 +76,7 @@ from .schedules import SCHEDULES
 from .unet import PRESETS
 
 LR_SCHEDULES = ("cosine", "constant")
+OBJECTIVES = ("diffusion", "autoencoder")
 AMP_MODES = ("auto", "bf16", "off")
 PRESET_CHOICES = ("auto", "toy_mlp", *PRESETS)  # what `preset` accepts (see default_model)
 
@@ -78,6 +93,9 @@ RECIPES: dict[str, dict] = {
     "fashion_mnist": dict(batch_size=128, lr=5e-4),
     "cifar10": dict(batch_size=128, lr=2e-4),
     "toy_mlp": dict(batch_size=256, lr=1e-3),
+    "latent": dict(batch_size=64, lr=1e-3),
+    # objective="autoencoder" (any dataset): Adam at 1e-3 trains the small AutoencoderKL in minutes; no min-SNR
+    "autoencoder": dict(batch_size=64, lr=1e-3, min_snr_gamma=None),
     **{name: dict(batch_size=256, lr=1e-3) for name in ("moons", "swiss_roll", "gmm")},
 }
 DEFAULT_RECIPE = dict(batch_size=128, lr=1e-3)
@@ -112,7 +130,13 @@ class TrainConfig:
     dataset: str = _knob("digits", "dataset name (a ddpm_lite.data.load_dataset name; the Trainer also accepts "
                                    "a dataset object with any name)", choices=KNOWN_DATASETS, group="data and model")
     preset: str = _knob("auto", "model: a UNet preset, toy_mlp (2-D points) or auto (the dataset's own preset, "
-                                "toy_mlp for 2-D points)", choices=PRESET_CHOICES)
+                                "toy_mlp for 2-D points, latent with --autoencoder)", choices=PRESET_CHOICES)
+    objective: str = _knob("diffusion", "what to train: a diffusion model, or the autoencoder of latent diffusion "
+                                        "(an AutoencoderKL; `train-autoencoder` is this with only the flags that "
+                                        "apply)", choices=OBJECTIVES)
+    autoencoder: str | None = _knob(None, "latent diffusion (Rombach et al. 2022): an autoencoder checkpoint (from "
+                                          "train-autoencoder) whose scaled latents the diffusion model learns; the "
+                                          "dataset is encoded once and the checkpoint carries the autoencoder")
     model_kwargs: dict = _knob(None, "overrides of the preset's constructor arguments, e.g. "
                                      "{\"base_channels\": 32, \"attention_resolutions\": [4]}", factory=dict)
     conditional: bool = _knob(True, "class-conditional model (labels + a null class for guidance)")
@@ -129,6 +153,10 @@ class TrainConfig:
         "auto", "min-SNR-gamma loss weighting (Hang et al. 2023); none = plain L_simple of Ho et al.; auto = the "
                 "recipe for the preset/dataset (1 for digits, else 5; see ddpm_lite.train.RECIPES)",
         choices=("auto",))
+    # the autoencoder objective
+    kl_weight: float = _knob(1e-6, "objective=autoencoder: weight beta of the KL term (LDM's KL-reg; per image, "
+                                   "against the reconstruction summed over pixels)", group="autoencoder")
+    recon: str = _knob("l1", "objective=autoencoder: reconstruction loss", choices=RECON_LOSSES)
     # optimisation
     batch_size: int | None = _knob(None, "batch size per process and micro-step (none: the recipe for the "
                                          "preset/dataset, e.g. digits 64, cifar10 128); the effective batch is "
@@ -173,8 +201,13 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with batch_size / lr left None and min_snr_gamma left "auto" filled in from `RECIPES`."""
-        recipe = {"min_snr_gamma": DEFAULT_MIN_SNR_GAMMA,
-                  **RECIPES.get(self.preset if self.preset != "auto" else self.dataset, DEFAULT_RECIPE)}
+        if self.objective == "autoencoder":
+            key = "autoencoder"
+        elif self.preset != "auto":
+            key = self.preset
+        else:
+            key = "latent" if self.autoencoder else self.dataset
+        recipe = {"min_snr_gamma": DEFAULT_MIN_SNR_GAMMA, **RECIPES.get(key, DEFAULT_RECIPE)}
         values = {k: v for k, v in recipe.items() if getattr(self, k) == _RECIPE_UNSET[k]}
         return replace(self, **values) if values else self
 
@@ -208,6 +241,19 @@ class TrainConfig:
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}")
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         need(isinstance(self.model_kwargs, dict), f"model_kwargs must be a dict, got {type(self.model_kwargs).__name__}")
+        need(self.objective in OBJECTIVES,
+             f"unknown objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        need(self.recon in RECON_LOSSES, f"unknown recon {self.recon!r}: expected one of {', '.join(RECON_LOSSES)}")
+        need(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
+        if self.objective == "autoencoder":
+            need(not self.autoencoder, "objective='autoencoder' trains an autoencoder; autoencoder= (a latent "
+                                       "diffusion model's first stage) does not apply")
+            need(self.preset == "auto", f"preset {self.preset!r} is a diffusion network; objective='autoencoder' "
+                                        f"builds an AutoencoderKL: size it with model_kwargs (e.g. "
+                                        f"{{\"channels\": [32, 64], \"latent_channels\": 4}})")
+        if self.autoencoder:
+            need(not self.hflip, "hflip does not apply to latent diffusion: the dataset is encoded once, and a "
+                                 "flipped latent is not the latent of the flipped image")
         return self
 
     @classmethod
@@ -248,12 +294,24 @@ def _dataset_tensors(dataset):
 
 
 def default_model(config: TrainConfig, sample_shape: tuple, num_classes: int | None) -> nn.Module:
-    """The default network for a dataset: a UNet preset for images, ToyMLP for 2-D points."""
+    """The default network for a dataset: a UNet preset for images (`latent` for latents), ToyMLP for 2-D
+    points; with objective="autoencoder" an `AutoencoderKL` for the image shape (its defaults + model_kwargs)."""
     from .unet import PRESETS, unet_preset
 
+    if config.objective == "autoencoder":
+        from .autoencoder import AutoencoderKL
+
+        if len(sample_shape) != 3:
+            raise ValueError(f"an autoencoder needs images [C, H, W]; dataset {config.dataset!r} has samples of "
+                             f"shape {tuple(sample_shape)}")
+        channels, h, w = sample_shape
+        return AutoencoderKL(**{"image_size": h if h == w else [h, w], "in_channels": channels,
+                                **config.model_kwargs})
     preset = config.preset
     if preset == "auto":
-        if len(sample_shape) == 1:
+        if config.autoencoder:
+            preset = "latent"
+        elif len(sample_shape) == 1:
             preset = "toy_mlp"
         elif config.dataset in PRESETS:
             preset = config.dataset
@@ -323,7 +381,11 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
 
         resume_dir = ckpt.resolve_checkpoint_dir(config.resume) if config.resume else None
-        resume_config = ckpt.load_config(resume_dir) if resume_dir else None
+        is_autoencoder = config.objective == "autoencoder"
+        resume_config = ckpt.load_config(resume_dir, diffusion=not is_autoencoder) if resume_dir else None
+        if resume_config is not None and is_autoencoder != (resume_config["model_class"] == "AutoencoderKL"):
+            raise ckpt.CheckpointError(f"cannot resume {resume_dir} with objective={config.objective!r}: it holds a "
+                                       f"{resume_config['model_class']}")
 
         # data: kept in memory, on the training device (no DataLoader workers needed for these sizes)
         if dataset is None:
@@ -333,6 +395,12 @@ class Trainer:
         images, labels, self.dataset_info = _dataset_tensors(dataset)
         if images.ndim < 2 or images.shape[0] == 0:
             raise ValueError(f"the dataset must hold at least one sample [N, ...], got shape {tuple(images.shape)}")
+        # latent diffusion: the frozen autoencoder (the resumed checkpoint's own copy, else config.autoencoder)
+        # encodes the dataset once; from here on the "images" are scaled latents
+        self.autoencoder = None
+        if config.autoencoder:
+            self.autoencoder = self._load_autoencoder(config.autoencoder, resume_dir, device)
+            images = self._encode_dataset(images.to(device))
         self.images = images.to(device)
         self.labels = labels.to(device) if labels is not None else None
         self.sample_shape = tuple(images.shape[1:])
@@ -348,13 +416,22 @@ class Trainer:
                 model = ckpt.model_from_config(resume_config)
             else:
                 num_classes = None
-                if config.conditional:
+                if config.conditional and not is_autoencoder:
                     if labels is None or ("num_classes" in self.dataset_info and not self.dataset_info["num_classes"]):
                         raise ValueError(f"conditional=True needs class labels but dataset {config.dataset!r} has "
                                          f"none: use conditional=False (CLI: --no-conditional)")
                     num_classes = int(self.dataset_info.get("num_classes") or int(labels.max()) + 1)
                 model = default_model(config, self.sample_shape, num_classes)
-        if diffusion is None:
+        if is_autoencoder:
+            from .autoencoder import AutoencoderKL, AutoencoderObjective
+
+            if diffusion is not None:
+                raise ValueError("objective='autoencoder' trains with AutoencoderObjective: pass no diffusion")
+            if not isinstance(ckpt.unwrap_model(model), AutoencoderKL):
+                raise ValueError(f"objective='autoencoder' trains an AutoencoderKL, got a {type(model).__name__}")
+            self.diffusion = None
+            self.objective = AutoencoderObjective(config.kl_weight, config.recon)
+        elif diffusion is None:
             if resume_config is not None:
                 diffusion = ckpt.diffusion_from_config(resume_config)
             else:
@@ -363,7 +440,9 @@ class Trainer:
                 diffusion = GaussianDiffusion(schedule=config.schedule, timesteps=config.timesteps,
                                               parameterization=config.parameterization, loss_type=config.loss_type,
                                               min_snr_gamma=config.min_snr_gamma)
-        self.diffusion = diffusion.to(device)
+        if not is_autoencoder:
+            self.diffusion = diffusion.to(device)
+            self.objective = self.diffusion  # what one training step minimises: objective.training_losses
         self.num_classes = getattr(model, "num_classes", None)
         if self.num_classes is not None and self.labels is None:
             raise ValueError("the model is class-conditional (num_classes set) but the dataset has no labels")
@@ -411,7 +490,8 @@ class Trainer:
         self._check_every_step = device.type == "cpu" and not self.dist.enabled
 
         if config.out_dir == "auto":
-            self.out_dir = Path("runs") / config.dataset
+            suffix = "-autoencoder" if is_autoencoder else "-latent" if config.autoencoder else ""
+            self.out_dir = Path("runs") / f"{config.dataset}{suffix}"
         else:
             self.out_dir = Path(config.out_dir) if config.out_dir else None
         if resume_dir is not None:
@@ -430,6 +510,30 @@ class Trainer:
         # already on self.device here.
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.999), fused=fused or None)
+
+    def _load_autoencoder(self, path, resume_dir, device):
+        """The frozen AutoencoderKL of a latent run: from the checkpoint being resumed (its `autoencoder/`
+        subfolder, so the run does not depend on the original directory), else from `path`."""
+        ae = ckpt.load_autoencoder(resume_dir, device=device) if resume_dir is not None else None
+        if ae is None:
+            ae = ckpt.load_autoencoder(path, device=device)
+        if ae is None:
+            cls = ckpt.load_config(path, diffusion=False)["model_class"]
+            raise ckpt.CheckpointError(f"autoencoder {path} holds a {cls}, not an AutoencoderKL: train one with "
+                                       f"`python -m ddpm_lite train-autoencoder` and pass its directory")
+        ae.requires_grad_(False)
+        return ae.eval()
+
+    @torch.no_grad()
+    def _encode_dataset(self, images: torch.Tensor) -> torch.Tensor:
+        from .latent import encode_images
+
+        ae = self.autoencoder
+        if tuple(images.shape[1:]) != tuple(ae.image_shape):
+            name = self.dataset_info.get("name") or self.config.dataset
+            raise ValueError(f"the autoencoder {self.config.autoencoder} takes images of shape {list(ae.image_shape)} "
+                             f"but dataset {name!r} has {list(images.shape[1:])}: train it on this dataset")
+        return encode_images(ae, images)  # a NaN/inf image gives a NaN latent: the NaN guard names its index
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -532,7 +636,7 @@ class Trainer:
             sync = self.model.no_sync() if (self.dist.enabled and not last) else nullcontext()
             with sync:
                 with self._autocast():
-                    loss = self.diffusion.training_losses(self.model, x, y=y, generator=self.noise_gen)["loss"]
+                    loss = self.objective.training_losses(self.model, x, y=y, generator=self.noise_gen)["loss"]
                     loss = loss.float().mean()
                 self._record_fault(2, ~torch.isfinite(loss), torch.zeros_like(bad))
                 (loss / c.grad_accum).backward()
@@ -582,10 +686,12 @@ class Trainer:
         elif kind == 2:
             clip = (f"keep gradient clipping on (grad_clip={c.grad_clip:g})" if c.grad_clip else
                     "turn gradient clipping on (grad_clip=1.0, --grad-clip 1)")
+            settings = (f"kl_weight={c.kl_weight:g}, recon={c.recon!r}" if self.diffusion is None else
+                        f"parameterization={c.parameterization!r}, loss_type={c.loss_type!r}, "
+                        f"min_snr_gamma={c.min_snr_gamma}")
             what = (f"the loss became NaN/inf at step {step} although the batch was finite: training diverged. "
                     f"Lower the learning rate (lr={c.lr:g}, --lr), {clip}, or check the model and loss settings "
-                    f"(parameterization={c.parameterization!r}, loss_type={c.loss_type!r}, "
-                    f"min_snr_gamma={c.min_snr_gamma}).")
+                    f"({settings}).")
         else:
             what = (f"another process met a NaN/inf batch or loss by step {self.step} (this is rank "
                     f"{self.dist.rank}; that rank's error names the step and the cause).")
@@ -687,10 +793,14 @@ class Trainer:
         """`n` samples in [-1, 1] from the EMA model (labels cycle over the classes of a conditional model).
 
         Uses its own generator (seeded with `seed`, default config.seed), so it never disturbs training's RNG.
+        A latent model's samples are decoded by its autoencoder (`ddpm_lite.latent.sample_images`); an
+        autoencoder has no samples (see `reconstruct`).
         """
-        from . import samplers
+        from .latent import sample_images
 
         c = self.config
+        if self.diffusion is None:
+            raise ValueError("an autoencoder (objective='autoencoder') has no samples: use Trainer.reconstruct()")
         n = n or c.sample_n
         model = self.ema.module if use_ema else self.raw_model
         if labels is None and self.num_classes is not None:
@@ -701,26 +811,47 @@ class Trainer:
         steps = steps or (c.sample_steps if (sampler or c.sampler) != "ddpm" else None)
         with eval_mode(model):
             with self._autocast():
-                x = samplers.sample(model, self.diffusion, (n, *self.sample_shape), sampler=sampler or c.sampler,
-                                    steps=steps, y=labels,
-                                    guidance=c.sample_guidance if guidance is None else guidance,
-                                    generator=gen, device=self.device)
+                x = sample_images(model, self.diffusion, (n, *self.sample_shape), autoencoder=self.autoencoder,
+                                  sampler=sampler or c.sampler, steps=steps, y=labels,
+                                  guidance=c.sample_guidance if guidance is None else guidance,
+                                  generator=gen, device=self.device)
         return x.float().cpu()
+
+    @torch.no_grad()
+    def reconstruct(self, n: int | None = None, use_ema: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, reconstructions) of an autoencoder: the first `n` training images (default sample_n) and
+        D(mean of q(z | x)) from the EMA weights, both [n, C, H, W] in [-1, 1] on the CPU."""
+        if self.diffusion is not None:
+            raise ValueError("reconstruct() is for objective='autoencoder'; a diffusion model has sample()")
+        model = self.ema.module if use_ema else self.raw_model
+        x = self.images[: n or self.config.sample_n]
+        with eval_mode(model), self._autocast():
+            x_hat = model.decode(model.encode(x).mode())
+        return x.float().cpu(), x_hat.float().clamp(-1.0, 1.0).cpu()
 
     def _sample_and_save_grid(self) -> None:
         self._raise_if_nonfinite()
         self._sampled_step = self.step
         if self.is_main:
-            images = self.sample()
-            self.samples.append({"step": self.step, "images": images})
+            if self.diffusion is None:  # an autoencoder: rows of inputs alternate with their reconstructions
+                inputs, images = self.reconstruct()
+                self.samples.append({"step": self.step, "images": images, "inputs": inputs})
+                nrow = min(8, images.shape[0])
+                pad = -images.shape[0] % nrow
+                rows = [torch.cat((t, torch.full((pad, *t.shape[1:]), -1.0))).reshape(-1, nrow, *t.shape[1:])
+                        for t in (inputs, images)]
+                grid = torch.stack(rows, 1).reshape(-1, *images.shape[1:])
+            else:
+                images = grid = self.sample()
+                self.samples.append({"step": self.step, "images": images})
+                nrow = self.num_classes if self.num_classes and self.num_classes <= 16 else \
+                    max(1, int(math.ceil(math.sqrt(images.shape[0]))))
             if self.out_dir is not None and images.ndim == 4:
                 from torchvision.utils import save_image
 
-                nrow = self.num_classes if self.num_classes and self.num_classes <= 16 else \
-                    max(1, int(math.ceil(math.sqrt(images.shape[0]))))
                 path = self.out_dir / "samples" / f"step_{self.step:06d}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                save_image((images + 1) / 2, str(path), nrow=nrow, padding=1)
+                save_image((grid + 1) / 2, str(path), nrow=nrow, padding=1)
         distributed.barrier()
 
     # -- state: save / load ---------------------------------------------------------------------------------
@@ -774,13 +905,32 @@ class Trainer:
         if self.is_main and directory is not None:
             extra = {"dataset": self.config.dataset, "sample_shape": list(self.sample_shape), "step": self.step,
                      "num_classes": self.num_classes, "classes": self.dataset_info.get("classes")}
+            if self.diffusion is None:
+                extra.update(objective="autoencoder", scale_factor=self.update_scale_factor(),
+                             latent_shape=list(self.raw_model.latent_shape))
+            if self.autoencoder is not None:  # sample_shape is the latent's; the images the decoder makes:
+                extra.update(image_shape=list(self.autoencoder.image_shape), latents="posterior mean x scale_factor",
+                             autoencoder_source=str(self.config.autoencoder))
             ckpt.save_pretrained(directory, self.raw_model, self.diffusion, ema=self.ema, trainer_state=state,
-                                 extra=extra)
+                                 extra=extra, autoencoder=self.autoencoder)
             ckpt.atomic_write_json(directory.parent / "history.json", self.history, indent=1)
         self._saved_step = self.step
         if sync:
             distributed.barrier()
         return directory
+
+    @torch.no_grad()
+    def update_scale_factor(self) -> float:
+        """Measure the latent scale factor (1 / std of z ~ q(z | x) over the training data, LDM §4.3.2) of the
+        EMA weights (the ones a latent run encodes with) and store it in the autoencoder's config (raw and EMA
+        model). Its own fixed-seed generator keeps training's RNG streams, and so exact resume, untouched."""
+        from .autoencoder import measure_scale_factor
+
+        gen = torch.Generator(_generator_device(self.device)).manual_seed(self.config.seed + 2)
+        value = measure_scale_factor(self.ema.module, self.images, generator=gen)
+        for module in (self.raw_model, self.ema.module):
+            module.set_scale_factor(value)
+        return value
 
     def load_state(self, directory) -> None:
         """Restore weights, EMA, optimizer, data position and every RNG from a checkpoint (for resuming)."""
