@@ -138,12 +138,12 @@ class AutoencoderKL(nn.Module):
         self.dec_mid = _ResBlock(ch, ch, num_groups)
         self.dec_levels = nn.ModuleList()
         for c in reversed(channels):
+            up = nn.Conv2d(ch, ch, 3, padding=1)  # runs before the level's blocks, on the incoming channels
             blocks = []
             for _ in range(num_res_blocks):
                 blocks.append(_ResBlock(ch, c, num_groups))
                 ch = c
-            self.dec_levels.append(nn.ModuleDict({"up": nn.Conv2d(ch, ch, 3, padding=1),
-                                                  "blocks": nn.Sequential(*blocks)}))
+            self.dec_levels.append(nn.ModuleDict({"up": up, "blocks": nn.Sequential(*blocks)}))
         self.dec_out = nn.Sequential(nn.GroupNorm(num_groups, ch), nn.SiLU(),
                                      nn.Conv2d(ch, in_channels, 3, padding=1))
 

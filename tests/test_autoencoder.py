@@ -11,6 +11,7 @@ from ddpm_lite.autoencoder import AutoencoderKL, DiagonalGaussian, autoencoder_l
     (28, (16, 16), (7, 7)),          # f = 4: 28 → 14 → 7
     ((30, 20), (16, 16), (8, 5)),    # non-square, ragged: 30 → 15 → 8, 20 → 10 → 5
     (8, (16,), (4, 4)),              # f = 2
+    (28, (32, 64), (7, 7)),          # the defaults: the channels change between levels
 ])
 def test_shapes_round_trip(size, channels, latent):
     ae = AutoencoderKL(image_size=size, latent_channels=3, channels=channels, num_groups=8)
