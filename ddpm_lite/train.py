@@ -34,8 +34,8 @@ Objectives: the loop above trains whatever `objective.training_losses(model, x, 
 trains latent diffusion's first stage, an `AutoencoderKL`, with `autoencoder.AutoencoderObjective` (LDM's
 reconstruction + β·KL, Rombach et al. 2022) through the same loop: progress bar, NaN guard, EMA, exact resume,
 atomic checkpoints and Ctrl-C all as above. Its "sample grids" are reconstructions of a fixed batch (the first
-`sample_n` training images; originals and reconstructions in alternating rows), and every checkpoint stores
-the latent scale factor (1 / std of the EMA model's latents over the training data, `measure_scale_factor`)
+`sample_n` training images; originals and reconstructions in alternating rows), and the end of `train()` and
+every checkpoint store the latent scale factor (1 / std of the EMA model's latents over the training data, `measure_scale_factor`)
 in the autoencoder's config. `autoencoder=DIR` trains a *latent* diffusion model: the frozen autoencoder of DIR
 encodes the dataset once (posterior means × scale factor, see `ddpm_lite.latent`), the ordinary diffusion
 objective trains the `latent` UNet preset on those latents, sample grids are decoded, and the checkpoint
@@ -482,6 +482,7 @@ class Trainer:
         self.interrupted = False
         self._saved_step = None  # steps of the last checkpoint / sample grid (tracked on every rank, so
         self._sampled_step = None  # all ranks agree on which collective calls come next)
+        self._scaled_step = None  # step of the last measured latent scale factor (objective="autoencoder")
         # NaN/inf guard: the first bad micro-batch is recorded on the device as [kind (0 ok, 1 data, 2 loss),
         # step, bad samples], without a host sync. On a single CPU process it is checked at once (a sync costs
         # nothing there), so a bad step is never applied; on a GPU (or under DDP) it is checked where the loop
@@ -775,6 +776,9 @@ class Trainer:
             self._train_start = None
 
         self.elapsed = elapsed_before + time.perf_counter() - start_time
+        if self.diffusion is None:  # an autoencoder: its latent scale factor, also for a run kept in memory
+            self._raise_if_nonfinite()
+            self.update_scale_factor()
         if self._sampled_step != self.step:
             self._sample_and_save_grid()
         if self._saved_step != self.step:
@@ -906,7 +910,9 @@ class Trainer:
             extra = {"dataset": self.config.dataset, "sample_shape": list(self.sample_shape), "step": self.step,
                      "num_classes": self.num_classes, "classes": self.dataset_info.get("classes")}
             if self.diffusion is None:
-                extra.update(objective="autoencoder", scale_factor=self.update_scale_factor(),
+                if self._scaled_step != self.step:
+                    self.update_scale_factor()
+                extra.update(objective="autoencoder", scale_factor=self.raw_model.scale_factor,
                              latent_shape=list(self.raw_model.latent_shape))
             if self.autoencoder is not None:  # sample_shape is the latent's; the images the decoder makes:
                 extra.update(image_shape=list(self.autoencoder.image_shape), latents="posterior mean x scale_factor",
@@ -930,6 +936,7 @@ class Trainer:
         value = measure_scale_factor(self.ema.module, self.images, generator=gen)
         for module in (self.raw_model, self.ema.module):
             module.set_scale_factor(value)
+        self._scaled_step = self.step
         return value
 
     def load_state(self, directory) -> None:
