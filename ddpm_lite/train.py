@@ -401,6 +401,9 @@ class Trainer:
         if config.autoencoder:
             self.autoencoder = self._load_autoencoder(config.autoencoder, resume_dir, device)
             images = self._encode_dataset(images.to(device))
+            # ~1 when the scale factor (measured on sampled latents, LDM's definition) fits these mean latents;
+            # below 1 for an autoencoder trained too briefly, whose posterior σ is still large
+            self.latent_std = float(images.double().std())
         self.images = images.to(device)
         self.labels = labels.to(device) if labels is not None else None
         self.sample_shape = tuple(images.shape[1:])
@@ -916,6 +919,7 @@ class Trainer:
                              latent_shape=list(self.raw_model.latent_shape))
             if self.autoencoder is not None:  # sample_shape is the latent's; the images the decoder makes:
                 extra.update(image_shape=list(self.autoencoder.image_shape), latents="posterior mean x scale_factor",
+                             latent_std=self.latent_std,
                              autoencoder_source=str(self.config.autoencoder))
             ckpt.save_pretrained(directory, self.raw_model, self.diffusion, ema=self.ema, trainer_state=state,
                                  extra=extra, autoencoder=self.autoencoder)

@@ -145,6 +145,7 @@ def test_latent_training_sampling_and_resume(ae_dir, tmp_path):
     extra = ckpt.load_config(run)["extra"]
     assert extra["autoencoder"] == "autoencoder" and extra["image_shape"] == [1, 8, 8]
     assert extra["sample_shape"] == [2, 4, 4]
+    assert extra["latent_std"] == pytest.approx(float(first.images.double().std()))
     first.save()  # a second atomic replace keeps the subfolder
     assert (run / "autoencoder" / "model.safetensors").exists()
     torch.manual_seed(5)
