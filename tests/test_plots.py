@@ -144,8 +144,6 @@ def test_fig_to_png_and_new_figure():
 # -- latent diffusion (notebook 08) --------------------------------------------------------------------------------
 
 def test_plot_latent_channels_one_row_per_image_and_a_column_per_channel():
-
-
     z = torch.randn(3, 4, 7, 7)
     fig = plots.plot_latent_channels(z, torch.zeros(3, 1, 28, 28))
     image_axes = [ax for ax in fig.axes if ax.images]
@@ -159,8 +157,6 @@ def test_plot_latent_channels_one_row_per_image_and_a_column_per_channel():
 
 
 def test_plot_signal_fraction_curves():
-
-
     ax = plots.plot_signal_fraction("linear", {"unit": 1.0, "wide": 5.0})
     unit, wide = (line.get_ydata() for line in ax.get_lines())
     assert unit[0] > 0.99 and unit[-1] < 1e-3           # from all signal to (almost) all noise
