@@ -5,10 +5,10 @@ Exercises:
        fn(mean, logvar, eps) -> (z, kl) with z = μ + σ ⊙ ε, σ = exp(½ log σ²), and
        kl = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²) per image (Kingma & Welling 2014, App. B), compared with
        `ddpm_lite.autoencoder.DiagonalGaussian`.
-    2. `check_sdedit_timesteps(fn)`: SDEdit's part of a sampler's timestep sequence, fn(seq, strength) -> the
+    2. `check_scale_factor(fn)`: the latent scale factor 1 / std of the latents (LDM §4.3.2), compared with
+       1 / std computed at check time on latents of known spread.
+    3. `check_sdedit_timesteps(fn)`: SDEdit's part of a sampler's timestep sequence, fn(seq, strength) -> the
        last round(strength · len(seq)) timesteps, compared with `ddpm_lite.editing.sdedit_timesteps`.
-    3. `check_scale_factor(fn)`: the latent scale factor 1 / std of the latents (LDM §4.3.2), compared with
-       the package's formula on latents of known spread.
 
 Every reference is computed by the package at check time, never typed in.
 """
