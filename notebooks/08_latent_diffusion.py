@@ -324,6 +324,12 @@ for m, x in wrong.items():
           f"classified as the input's digit {metrics.sample_accuracy(x, y_ten, classifier):.0%}")
 
 # %% [markdown]
+# With the right scale ($m = 1$) the edit redraws the digits in the model's style and keeps them. Too wide
+# ($m = 3$): the noise added at $t_0$ hides less of the input, so the result stays closer to it (the
+# distance is smallest), but the model subtracts part of the signal as "noise": strokes come out faded and
+# speckled. Too narrow ($m = 0.3$): the input is buried deeper than the model assumes, it redraws more freely
+# and shapes change. The scale factor is one number; a wrong one breaks training and sampling alike.
+#
 # ## 4 · Diffusion in latent space: the very same code
 #
 # Nothing in `GaussianDiffusion`, the `UNet` or the samplers knows whether it sees pixels or latents; only

@@ -66,6 +66,7 @@ def test_builds_with_css_class_and_png(pixel, inputs):
     assert w.image.layout.width.endswith("px")
     assert w.edit_calls == len(STRENGTHS) and w.renders == 1      # all precomputed, one frame drawn
     assert sorted(w.cache) == list(STRENGTHS)
+    assert [t.get_text() for t in w._tags] == ["→0", "→1", "→2"]   # the requested class over each result
     assert "strength 0" in w.info.value and "nothing runs" in w.info.value
     assert plt.get_fignums() == before
 

@@ -103,7 +103,7 @@ class Img2ImgExplorer(Explorer):
             for s in strengths:
                 self.results(s)
         self._build_figure()
-        self._finish(ends, animated=[self._im, self._title, self._marker], observe=[self.slider])
+        self._finish(ends, animated=[self._im, *self._tags, self._title, self._marker], observe=[self.slider])
 
     # -- the edits (cached) ---------------------------------------------------------------------------------------
 
@@ -156,6 +156,11 @@ class Img2ImgExplorer(Explorer):
         for side in ("top", "right", "bottom", "left"):
             ax_img.spines[side].set_visible(False)
         ax_img.grid(False)
+        self._tags = []  # the class each edit is conditioned on, at the top-left of its result (drawn over the grid)
+        if self.labels is not None:
+            for k, lab in enumerate(self.labels.tolist()):
+                self._tags.append(ax_img.text(1 + k * (w + 1) + 0.3, h + 2 + 0.3, f"→{lab}", color="yellow", fontsize=8,
+                                              va="top"))
         self._title = ax_img.set_title("", fontsize=10)
 
         d = [self.distance(s) for s in self.strengths]
