@@ -672,3 +672,64 @@ SAMPLER_STYLES = {
 SAMPLER_COLORS = {style["name"]: style["color"] for style in SAMPLER_STYLES.values()}  # by short name
 
 __all__ += ["plot_timestep_spacings", "plot_sampler_benchmark", "SAMPLER_STYLES", "SAMPLER_COLORS"]
+
+
+# ==============================================================================================================
+# latent diffusion (notebook 08)
+# ==============================================================================================================
+
+
+def plot_latent_channels(latents, images=None, limit: float | None = None, size: float = 1.1):
+    """One row per image: the image itself (if ``images`` is given, ``B×C×H×W`` in [−1, 1]), then each of the c
+    channels of its latent (``latents``, ``B×c×h×w``) as a small picture in a diverging colour map centred on
+    0 (±``limit``, default the largest |value|). Returns the ``Figure`` (with a shared colour bar)."""
+    z = to_numpy(latents)
+    if z.ndim != 4:
+        raise ValueError(f"latents must be B×c×h×w, got shape {z.shape}")
+    b, c = z.shape[:2]
+    x = None if images is None else to_numpy(images)
+    if x is not None and x.shape[0] != b:
+        raise ValueError(f"images and latents must have the same batch size, got {x.shape[0]} and {b}")
+    lim = float(limit if limit is not None else np.abs(z).max() or 1.0)
+    ncols = c + (x is not None)
+    fig, axes = plt.subplots(b, ncols, figsize=(size * ncols + 0.8, size * b + 0.4), squeeze=False)
+    im = None
+    for i in range(b):
+        col = 0
+        if x is not None:
+            img = (x[i].transpose(1, 2, 0) + 1) / 2
+            axes[i, 0].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
+                              interpolation="nearest")
+            col = 1
+        for j in range(c):
+            im = axes[i, col + j].imshow(z[i, j], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if x is not None:
+        axes[0, 0].set_title("image", fontsize=9)
+    for j in range(c):
+        axes[0, ncols - c + j].set_title(f"channel {j}", fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="latent value")
+    return fig
+
+
+def plot_signal_fraction(alphas_cumprod, stds: Mapping[str, float], ax=None):
+    """For data of standard deviation s (one curve per entry of ``stds``: label → s), the fraction of the
+    variance of x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε that is signal, s²ᾱ_t / (s²ᾱ_t + 1 − ᾱ_t), against t (log scale
+    on the fraction). The noise schedule assumes s ≈ 1; a larger s leaves signal in x_T, a smaller one drowns
+    the data early. Returns the ``Axes``."""
+    ab = _alphas_cumprod(alphas_cumprod)
+    t = np.arange(len(ab))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.0, 3.2))
+    for label, s in stds.items():
+        frac = s ** 2 * ab / (s ** 2 * ab + 1 - ab)
+        ax.plot(t, frac, label=f"{label} (std {s:.2g})")
+    ax.set(yscale="log", ylim=(1e-5, 1.5), xlim=(0, len(ab) - 1), xlabel="timestep t",
+           ylabel="signal share of Var(x_t)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+__all__ += ["plot_latent_channels", "plot_signal_fraction"]

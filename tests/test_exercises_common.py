@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddpm_lite.exercises import (NOT_ANSWERED, ExerciseError, NotAnsweredError, allclose, call_answer, nb01, nb02,
-                                 nb03, nb04, nb05, nb06, nb07)
+                                 nb03, nb04, nb05, nb06, nb07, nb08)
 
 # every check that takes the learner's function, in every notebook
 FUNCTION_CHECKS = [
@@ -17,6 +17,7 @@ FUNCTION_CHECKS = [
     nb05.check_pred_x0, nb05.check_ddim_step,
     nb06.check_ddim_sigma, nb06.check_ddim_step, nb06.check_trailing_timesteps,
     nb07.check_dynamic_threshold, nb07.check_scale_to_w, nb07.check_saturated_fraction,
+    nb08.check_reparam_kl, nb08.check_sdedit_timesteps, nb08.check_scale_factor,
 ]
 
 

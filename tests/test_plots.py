@@ -139,3 +139,26 @@ def test_fig_to_png_and_new_figure():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     img = mpimg.imread(io.BytesIO(png))
     assert img.shape[:2] == (50, 100)
+
+
+# -- latent diffusion (notebook 08) --------------------------------------------------------------------------------
+
+def test_plot_latent_channels_one_row_per_image_and_a_column_per_channel():
+    z = torch.randn(3, 4, 7, 7)
+    fig = plots.plot_latent_channels(z, torch.zeros(3, 1, 28, 28))
+    image_axes = [ax for ax in fig.axes if ax.images]
+    assert len(image_axes) == 3 * 5                      # image + 4 channels per row (+ a colour bar axis)
+    lim = float(z.abs().max())
+    assert image_axes[1].images[0].get_clim() == pytest.approx((-lim, lim))   # diverging, centred on 0
+    assert len([ax for ax in plots.plot_latent_channels(z).axes if ax.images]) == 3 * 4
+    with pytest.raises(ValueError, match="batch size"):
+        plots.plot_latent_channels(z, torch.zeros(2, 1, 28, 28))
+    plt.close("all")
+
+
+def test_plot_signal_fraction_curves():
+    ax = plots.plot_signal_fraction("linear", {"unit": 1.0, "wide": 5.0})
+    unit, wide = (line.get_ydata() for line in ax.get_lines())
+    assert unit[0] > 0.99 and unit[-1] < 1e-3           # from all signal to (almost) all noise
+    assert np.all(wide >= unit)                          # wider data keeps more signal at every t
+    plt.close("all")

@@ -18,11 +18,13 @@ One explorer per module:
     sampling_scrubber.py  SamplingScrubber    notebook 05: the reverse process, step by step
     guidance.py           GuidanceExplorer    notebooks 04 and 07: classifier-free guidance
     sampler.py            SamplerExplorer     notebook 06: fast samplers
+    img2img.py            Img2ImgExplorer     notebook 08: image-to-image (SDEdit) strength
 """
 
 from .guidance import GuidanceExplorer
+from .img2img import Img2ImgExplorer
 from .noise_step import NoiseStepExplorer
 from .sampler import SamplerExplorer
 from .sampling_scrubber import SamplingScrubber
 
-__all__ = ["NoiseStepExplorer", "SamplingScrubber", "GuidanceExplorer", "SamplerExplorer"]
+__all__ = ["NoiseStepExplorer", "SamplingScrubber", "GuidanceExplorer", "SamplerExplorer", "Img2ImgExplorer"]
