@@ -530,10 +530,10 @@ assert explorer.run("dpmpp2m", 5)["nfe"] == 5 and explorer.sample_calls == 2
 #
 # **[07 · Guidance](07_guidance.ipynb)** uses these fast samplers to study classifier-free guidance: how the
 # guidance weight trades diversity for fidelity (measured), what large weights do to $\hat x_0$, and static
-# clipping against Imagen's dynamic thresholding. It closes the DDPM part of the course. The next part, not
-# published yet, moves from pixels and class labels to latents and text: latent diffusion (Stable Diffusion),
-# which runs DDIM/DPM-Solver-type samplers like these in the compressed latent space of an autoencoder, text
-# conditioning with CLIP, and personalisation with DreamBooth.
+# clipping against Imagen's dynamic thresholding. It closes the DDPM part of the course. The next part moves
+# from pixels and class labels to latents and text: **[08 · Latent diffusion](08_latent_diffusion.ipynb)** (the
+# core of Stable Diffusion) runs samplers like these in the compressed latent space of an autoencoder; text
+# conditioning with CLIP, text-to-image and personalisation with DreamBooth follow (not published yet).
 #
 # **References.** J. Ho, A. Jain, P. Abbeel, *Denoising Diffusion Probabilistic Models*, NeurIPS 2020
 # (Algorithm 2). J. Song, C. Meng, S. Ermon, *Denoising Diffusion Implicit Models*, ICLR 2021 (eqs. 7, 12, 16;

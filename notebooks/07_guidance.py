@@ -445,9 +445,10 @@ assert ratio[W_MODERATE] < 1 < ratio[W_LARGE], ratio
 # ## What comes next
 #
 # This notebook ends the DDPM part of the course: a trained model (03), conditioning (04), sampling
-# (05, 06) and guidance (07). The next part moves from class labels to text and from pixels to latents:
-# **08 · Latent diffusion**, **09 · Text conditioning with CLIP** and **10 · Personalisation with
-# DreamBooth** (planned).
+# (05, 06) and guidance (07). The next part moves from pixels to latents and from class labels to text:
+# **[08 · Latent diffusion](08_latent_diffusion.ipynb)** trains the same diffusion in an autoencoder's latent
+# space and edits images with it (image-to-image, inpainting); CLIP, text-to-image (a mini Stable Diffusion and
+# a mini Imagen, where dynamic thresholding returns) and DreamBooth follow (not published yet).
 #
 # **References.** J. Ho, T. Salimans, *Classifier-Free Diffusion Guidance*, NeurIPS 2021 workshop,
 # arXiv:2207.12598 (eq. 6, §4). C. Saharia et al., *Photorealistic Text-to-Image Diffusion Models with Deep Language
