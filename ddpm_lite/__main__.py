@@ -475,22 +475,25 @@ def _read_image_file(path: Path, channels: int):
     return torch.from_numpy(arr / 127.5 - 1.0).unsqueeze(0)
 
 
-def _read_images(path: str, shape: tuple, n: int):
-    """--init-image: an .npz with 'images' [N, C, H, W] in [-1, 1] or one PNG/JPEG, cycled to n images."""
+def _npz_or_image(path: str, flag: str, key: str, channels: int, hint: str = ""):
+    """The float32 array `key` of an .npz file, or else a PNG/JPEG as [1, C, H, W] in [-1, 1]."""
     import numpy as np
     import torch
 
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"--init-image {path} does not exist")
-    if p.suffix == ".npz":
-        with np.load(p) as f:
-            if "images" not in f:
-                raise UsageError(f"--init-image {path}: expected an array named 'images' (as --save-array writes), "
-                                 f"found {sorted(f.files)}")
-            images = torch.from_numpy(np.asarray(f["images"], dtype=np.float32))
-    else:
-        images = _read_image_file(p, shape[0])
+        raise UsageError(f"{flag} {path} does not exist")
+    if p.suffix != ".npz":
+        return _read_image_file(p, channels)
+    with np.load(p) as f:
+        if key not in f:
+            raise UsageError(f"{flag} {path}: expected an array named {key!r}{hint}, found {sorted(f.files)}")
+        return torch.from_numpy(np.asarray(f[key], dtype=np.float32))
+
+
+def _read_images(path: str, shape: tuple, n: int):
+    """--init-image: an .npz with 'images' [N, C, H, W] in [-1, 1] or one PNG/JPEG, cycled to n images."""
+    images = _npz_or_image(path, "--init-image", "images", shape[0], " (as --save-array writes)")
     if images.dim() != 4 or tuple(images.shape[1:]) != tuple(shape):
         raise UsageError(f"--init-image {path}: the model makes images of shape {list(shape)} (C, H, W), the file "
                          f"holds {list(images.shape[1:]) if images.dim() == 4 else list(images.shape)}")
@@ -500,19 +503,9 @@ def _read_images(path: str, shape: tuple, n: int):
 
 def _read_mask(path: str, shape: tuple):
     """--keep-mask: an .npz with 'mask' [H, W] of 0/1, or a black-and-white PNG (white = keep)."""
-    import numpy as np
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--keep-mask {path} does not exist")
-    if p.suffix == ".npz":
-        with np.load(p) as f:
-            if "mask" not in f:
-                raise UsageError(f"--keep-mask {path}: expected an array named 'mask', found {sorted(f.files)}")
-            mask = torch.from_numpy(np.asarray(f["mask"], dtype=np.float32))
-    else:
-        mask = (_read_image_file(p, 1)[0, 0] > 0).float()  # white (> mid-grey) = keep
+    mask = _npz_or_image(path, "--keep-mask", "mask", 1)
+    if mask.dim() == 4:  # a PNG: [1, 1, H, W] in [-1, 1]; white (> mid-grey) = keep
+        mask = (mask[0, 0] > 0).float()
     if tuple(mask.shape) != tuple(shape[1:]):
         raise UsageError(f"--keep-mask {path}: expected a mask of the image size {list(shape[1:])} (H, W), "
                          f"got {list(mask.shape)}")
