@@ -20,12 +20,8 @@ UNET_KWARGS = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
                "num_heads": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models: one intra-op thread is fastest and avoids oversubscribing a busy 2-core machine (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(n=48, seed=1):

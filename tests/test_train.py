@@ -9,13 +9,8 @@ from ddpm_lite.train import NonFiniteError, TrainConfig, Trainer
 from ddpm_lite.unet import UNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: one intra-op thread is fastest and avoids oversubscribing a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models: one intra-op thread is fastest and avoids oversubscribing a busy 2-core machine (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def points(n=256, seed=0):
