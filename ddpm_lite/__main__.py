@@ -1,4 +1,4 @@
-"""Command line: `python -m ddpm_lite train ...`, `sample ...`, `export ...` and `train-autoencoder ...`.
+"""Command line: `python -m ddpm_lite train ...`, `sample ...`, `export ...`, `train-autoencoder ...`, `train-clip ...`.
 
     python -m ddpm_lite train                                  # class-conditional digits, 60 s on the CPU
     python -m ddpm_lite train --dataset mnist --max-steps 20000 --out runs/mnist
@@ -13,6 +13,10 @@ latent checkpoint carries its autoencoder, so `sample` (and --init-image editing
     python -m ddpm_lite train-autoencoder --dataset mnist5k --max-seconds 300 --out runs/mnist5k-autoencoder
     python -m ddpm_lite train --dataset mnist5k --autoencoder runs/mnist5k-autoencoder --out runs/mnist5k-latent
     python -m ddpm_lite sample --checkpoint runs/mnist5k-latent --n 100 --out latent_samples.png
+
+CLIP (Radford et al. 2021) from scratch on captioned digits (`ddpm_lite.captions`), through the same Trainer:
+
+    python -m ddpm_lite train-clip --dataset mnist5k --max-seconds 600 --out runs/mnist5k-clip
 
 The `train` flags are generated from `ddpm_lite.train.TrainConfig`: one `--field-name` per field (help text
 and choices from the field's metadata), so every setting of a run is reachable, e.g.
@@ -47,6 +51,8 @@ TRAIN_EXTRA_FLAGS = ("base_channels",)        # train flags that are not TrainCo
 AUTOENCODER_SKIPPED_FIELDS = ("preset", "objective", "autoencoder", "conditional", "label_dropout", "timesteps",
                               "schedule", "parameterization", "loss_type", "min_snr_gamma", "sampler",
                               "sample_steps", "sample_guidance")
+# ... and to `train-clip` (objective="clip"): nor do the autoencoder's
+CLIP_SKIPPED_FIELDS = AUTOENCODER_SKIPPED_FIELDS + ("hflip", "kl_weight", "recon")
 _RESUME_OUT = "__out__"                        # bare `--resume`: continue the run in --out
 
 
@@ -187,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = _Parser(prog=PROG, description="Train and sample DDPMs (ddpm_lite).", formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,export,train-autoencoder}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,export,train-autoencoder,train-clip}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a diffusion model", formatter_class=fmt,
@@ -206,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "latent diffusion model on it: `train --dataset DATASET --autoencoder OUT`. The flags are "
                     "train's, less those of the diffusion (--out defaults to runs/<dataset>-autoencoder).")
     _add_train_flags(a, skip=AUTOENCODER_SKIPPED_FIELDS + ("base_channels",))
+
+    c = sub.add_parser(
+        "train-clip", help="train a CLIP on captioned digits", formatter_class=fmt,
+        description="Train a CLIP (ddpm_lite.clip; Radford et al. 2021) from scratch: every batch is captioned "
+                    "on the fly from the digits' labels, attributes measured from their pixels and random "
+                    "transformations (ddpm_lite.captions; the held-out combinations never occur), and the "
+                    "symmetric InfoNCE loss pulls matching image/caption pairs together. Same Trainer as `train` "
+                    "(EMA, exact --resume, atomic checkpoints, Ctrl-C saves); instead of sample grids it records "
+                    "the zero-shot accuracy on training digits. Size it with --model-kwargs, e.g. "
+                    "'{\"embed_dim\": 64, \"text_layers\": 2}'. The flags are train's, less the diffusion's and the "
+                    "autoencoder's (--out defaults to runs/<dataset>-clip).")
+    _add_train_flags(c, skip=CLIP_SKIPPED_FIELDS + ("base_channels",))
 
     s = sub.add_parser("sample", help="generate images from a checkpoint", formatter_class=fmt,
                        description="Generate samples from a checkpoint (EMA weights) and save a grid / array.")
@@ -276,7 +294,8 @@ def _train(args, objective: str | None = None) -> int:
             if path == _RESUME_OUT:
                 out = given.get("out_dir")
                 dataset = given.get("dataset", TrainConfig().dataset)
-                suffix = "-autoencoder" if objective == "autoencoder" else "-latent" if given.get("autoencoder") else ""
+                suffix = (f"-{objective}" if objective in ("autoencoder", "clip") else
+                          "-latent" if given.get("autoencoder") else "")
                 path = out if out not in (None, "auto") else str(Path("runs") / f"{dataset}{suffix}")
             trainer = Trainer.resume(path, **given)
         else:
@@ -307,7 +326,11 @@ def _train(args, objective: str | None = None) -> int:
     if trainer.is_main:
         loss = f", last logged loss {history[-1]['loss']:.4f}" if history else ""
         print(f"stopped at step {trainer.step} after {trainer.elapsed:.1f} s{loss}")
-        if trainer.out_dir is not None and trainer.diffusion is None:
+        if trainer.out_dir is not None and trainer.kind == "clip":
+            print(f"checkpoint: {trainer.checkpoint_dir} (zero-shot accuracy on training digits "
+                  f"{trainer.samples[-1]['zero_shot_accuracy']:.3f})\nmeasure it with: python benchmarks/clip.py "
+                  f"--checkpoint {trainer.out_dir}")
+        elif trainer.out_dir is not None and trainer.kind == "autoencoder":
             print(f"checkpoint: {trainer.checkpoint_dir} (latent scale factor "
                   f"{trainer.raw_model.scale_factor:.4g})\ntrain latent diffusion on it with: {PROG} train --dataset "
                   f"{trainer.config.dataset} --autoencoder {trainer.out_dir}")
@@ -368,6 +391,9 @@ def _sample(args) -> int:
             raise UsageError(f"{args.checkpoint} holds an autoencoder (AutoencoderKL), which makes no samples: train "
                              f"a latent diffusion model on it with `{PROG} train --autoencoder {args.checkpoint}` "
                              f"and sample from that")
+        if ckpt.load_config(args.checkpoint, diffusion=False)["model_class"] == "CLIP":
+            raise UsageError(f"{args.checkpoint} holds a CLIP, which makes no images: it scores and classifies them "
+                             f"(ddpm_lite.clip; python benchmarks/clip.py --checkpoint {args.checkpoint})")
         config = ckpt.load_config(args.checkpoint)
         model, diffusion = ckpt.from_pretrained(args.checkpoint, device=device, use_ema=args.ema)
         autoencoder = ckpt.load_autoencoder(args.checkpoint, device=device)  # None: a pixel-space model
@@ -521,8 +547,8 @@ def _export(args) -> int:
     try:
         config = ckpt.load_config(args.checkpoint, diffusion=False)  # an autoencoder has no diffusion
         model = ckpt.load_weights(args.checkpoint, ckpt.model_from_config(config), "model")
-        is_autoencoder = config["model_class"] == "AutoencoderKL"
-        diffusion = None if is_autoencoder else ckpt.diffusion_from_config(ckpt.load_config(args.checkpoint))
+        has_diffusion = config.get("diffusion_config") is not None  # not for an autoencoder or a CLIP
+        diffusion = ckpt.diffusion_from_config(ckpt.load_config(args.checkpoint)) if has_diffusion else None
         ema = None
         extra = dict(config.get("extra", {}))
         if args.ema_only:
@@ -541,7 +567,7 @@ def _export(args) -> int:
         if args.note:
             extra["note"] = args.note
         # a latent model's autoencoder travels with it (None for a pixel-space model)
-        autoencoder = None if is_autoencoder else ckpt.load_autoencoder(args.checkpoint)
+        autoencoder = ckpt.load_autoencoder(args.checkpoint) if has_diffusion else None
         if autoencoder is not None and args.fp16:
             autoencoder.half()
         out = ckpt.save_pretrained(args.out, model, diffusion, ema=ema, extra=extra, autoencoder=autoencoder)
@@ -570,6 +596,8 @@ def main(argv=None) -> int:
         return _export(args)
     if args.command == "train-autoencoder":
         return _train(args, objective="autoencoder")
+    if args.command == "train-clip":
+        return _train(args, objective="clip")
     return _sample(args)
 
 

@@ -90,11 +90,12 @@ def model_registry() -> dict[str, type]:
     """{class name: class} of every model `from_pretrained` can build."""
     from .autoencoder import AutoencoderKL
     from .classifier import DigitsClassifier, MNISTClassifier
+    from .clip import CLIP
     from .toy_mlp import ToyMLP
     from .unet import UNet
 
     return {"UNet": UNet, "ToyMLP": ToyMLP, "DigitsClassifier": DigitsClassifier, "MNISTClassifier": MNISTClassifier,
-            "AutoencoderKL": AutoencoderKL, **_EXTRA_MODELS}
+            "AutoencoderKL": AutoencoderKL, "CLIP": CLIP, **_EXTRA_MODELS}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

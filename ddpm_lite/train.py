@@ -76,7 +76,7 @@ from .schedules import SCHEDULES
 from .unet import PRESETS
 
 LR_SCHEDULES = ("cosine", "constant")
-OBJECTIVES = ("diffusion", "autoencoder")
+OBJECTIVES = ("diffusion", "autoencoder", "clip")
 AMP_MODES = ("auto", "bf16", "off")
 PRESET_CHOICES = ("auto", "toy_mlp", *PRESETS)  # what `preset` accepts (see default_model)
 
@@ -96,6 +96,8 @@ RECIPES: dict[str, dict] = {
     "latent": dict(batch_size=64, lr=1e-3),
     # objective="autoencoder" (any dataset): Adam at 1e-3 trains the small AutoencoderKL in minutes; no min-SNR
     "autoencoder": dict(batch_size=64, lr=1e-3, min_snr_gamma=None),
+    # objective="clip": large batches (more negatives per caption) and CLIP's 5e-4 (Radford et al. 2021, App. F)
+    "clip": dict(batch_size=256, lr=5e-4, min_snr_gamma=None),
     **{name: dict(batch_size=256, lr=1e-3) for name in ("moons", "swiss_roll", "gmm")},
 }
 DEFAULT_RECIPE = dict(batch_size=128, lr=1e-3)
@@ -131,9 +133,9 @@ class TrainConfig:
                                    "a dataset object with any name)", choices=KNOWN_DATASETS, group="data and model")
     preset: str = _knob("auto", "model: a UNet preset, toy_mlp (2-D points) or auto (the dataset's own preset, "
                                 "toy_mlp for 2-D points, latent with --autoencoder)", choices=PRESET_CHOICES)
-    objective: str = _knob("diffusion", "what to train: a diffusion model, or the autoencoder of latent diffusion "
+    objective: str = _knob("diffusion", "what to train: a diffusion model, the autoencoder of latent diffusion "
                                         "(an AutoencoderKL; `train-autoencoder` is this with only the flags that "
-                                        "apply)", choices=OBJECTIVES)
+                                        "apply) or a CLIP on captioned digits (`train-clip`)", choices=OBJECTIVES)
     autoencoder: str | None = _knob(None, "latent diffusion (Rombach et al. 2022): an autoencoder checkpoint (from "
                                           "train-autoencoder) whose scaled latents the diffusion model learns; the "
                                           "dataset is encoded once and the checkpoint carries the autoencoder")
@@ -201,8 +203,8 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with batch_size / lr left None and min_snr_gamma left "auto" filled in from `RECIPES`."""
-        if self.objective == "autoencoder":
-            key = "autoencoder"
+        if self.objective in ("autoencoder", "clip"):
+            key = self.objective
         elif self.preset != "auto":
             key = self.preset
         else:
@@ -251,6 +253,12 @@ class TrainConfig:
             need(self.preset == "auto", f"preset {self.preset!r} is a diffusion network; objective='autoencoder' "
                                         f"builds an AutoencoderKL: size it with model_kwargs (e.g. "
                                         f"{{\"channels\": [32, 64], \"latent_channels\": 4}})")
+        if self.objective == "clip":
+            need(not self.autoencoder and self.preset == "auto",
+                 "objective='clip' builds a ddpm_lite.clip.CLIP: size it with model_kwargs (e.g. {\"embed_dim\": "
+                 "64, \"text_layers\": 2}); preset= and autoencoder= do not apply")
+            need(not self.hflip, "hflip does not apply to CLIP: a mirrored digit no longer matches its caption "
+                                 "(a mirrored 7 slants the other way; left and right swap)")
         if self.autoencoder:
             need(not self.hflip, "hflip does not apply to latent diffusion: the dataset is encoded once, and a "
                                  "flipped latent is not the latent of the flipped image")
@@ -298,6 +306,13 @@ def default_model(config: TrainConfig, sample_shape: tuple, num_classes: int | N
     points; with objective="autoencoder" an `AutoencoderKL` for the image shape (its defaults + model_kwargs)."""
     from .unet import PRESETS, unet_preset
 
+    if config.objective == "clip":
+        from .clip import CLIP
+
+        if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
+            raise ValueError(f"CLIP needs square images [C, H, H]; dataset {config.dataset!r} has samples of "
+                             f"shape {tuple(sample_shape)}")
+        return CLIP(**{"image_size": sample_shape[1], "in_channels": sample_shape[0], **config.model_kwargs})
     if config.objective == "autoencoder":
         from .autoencoder import AutoencoderKL
 
@@ -381,9 +396,13 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
 
         resume_dir = ckpt.resolve_checkpoint_dir(config.resume) if config.resume else None
-        is_autoencoder = config.objective == "autoencoder"
-        resume_config = ckpt.load_config(resume_dir, diffusion=not is_autoencoder) if resume_dir else None
-        if resume_config is not None and is_autoencoder != (resume_config["model_class"] == "AutoencoderKL"):
+        self.kind = kind = config.objective  # "diffusion", "autoencoder" or "clip"
+        is_autoencoder = kind == "autoencoder"
+        resume_config = ckpt.load_config(resume_dir, diffusion=kind == "diffusion") if resume_dir else None
+        expected = {"autoencoder": "AutoencoderKL", "clip": "CLIP"}
+        if resume_config is not None and (
+                resume_config["model_class"] != expected[kind] if kind in expected else
+                resume_config["model_class"] in expected.values()):
             raise ckpt.CheckpointError(f"cannot resume {resume_dir} with objective={config.objective!r}: it holds a "
                                        f"{resume_config['model_class']}")
 
@@ -419,13 +438,27 @@ class Trainer:
                 model = ckpt.model_from_config(resume_config)
             else:
                 num_classes = None
-                if config.conditional and not is_autoencoder:
+                if config.conditional and kind == "diffusion":
                     if labels is None or ("num_classes" in self.dataset_info and not self.dataset_info["num_classes"]):
                         raise ValueError(f"conditional=True needs class labels but dataset {config.dataset!r} has "
                                          f"none: use conditional=False (CLI: --no-conditional)")
                     num_classes = int(self.dataset_info.get("num_classes") or int(labels.max()) + 1)
                 model = default_model(config, self.sample_shape, num_classes)
-        if is_autoencoder:
+        if kind == "clip":
+            from .captions import AttributeThresholds
+            from .clip import CLIP, ClipObjective
+
+            if diffusion is not None:
+                raise ValueError("objective='clip' trains with ClipObjective: pass no diffusion")
+            if not isinstance(ckpt.unwrap_model(model), CLIP):
+                raise ValueError(f"objective='clip' trains a ddpm_lite.clip.CLIP, got a {type(model).__name__}")
+            if labels is None:
+                raise ValueError(f"CLIP captions name the digit: dataset {config.dataset!r} has no labels")
+            if ckpt.unwrap_model(model).thresholds is None:  # "thin"/"thick"... from this training data's quantiles
+                ckpt.unwrap_model(model).set_thresholds(AttributeThresholds.from_images(images.cpu()))
+            self.diffusion = None
+            self.objective = ClipObjective()
+        elif is_autoencoder:
             from .autoencoder import AutoencoderKL, AutoencoderObjective
 
             if diffusion is not None:
@@ -443,7 +476,7 @@ class Trainer:
                 diffusion = GaussianDiffusion(schedule=config.schedule, timesteps=config.timesteps,
                                               parameterization=config.parameterization, loss_type=config.loss_type,
                                               min_snr_gamma=config.min_snr_gamma)
-        if not is_autoencoder:
+        if kind == "diffusion":
             self.diffusion = diffusion.to(device)
             self.objective = self.diffusion  # what one training step minimises: objective.training_losses
         self.num_classes = getattr(model, "num_classes", None)
@@ -494,7 +527,7 @@ class Trainer:
         self._check_every_step = device.type == "cpu" and not self.dist.enabled
 
         if config.out_dir == "auto":
-            suffix = "-autoencoder" if is_autoencoder else "-latent" if config.autoencoder else ""
+            suffix = f"-{kind}" if kind != "diffusion" else "-latent" if config.autoencoder else ""
             self.out_dir = Path("runs") / f"{config.dataset}{suffix}"
         else:
             self.out_dir = Path(config.out_dir) if config.out_dir else None
@@ -602,7 +635,9 @@ class Trainer:
         if c.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y = None
-        if self.num_classes is not None:
+        if self.kind == "clip":  # the captions name the digit; no label dropout
+            y = self.labels[idx]
+        elif self.num_classes is not None:
             y = self.labels[idx]
             if c.label_dropout > 0:
                 drop = torch.rand(y.shape[0], generator=self.noise_gen, device=self.noise_gen.device) < c.label_dropout
@@ -690,7 +725,8 @@ class Trainer:
         elif kind == 2:
             clip = (f"keep gradient clipping on (grad_clip={c.grad_clip:g})" if c.grad_clip else
                     "turn gradient clipping on (grad_clip=1.0, --grad-clip 1)")
-            settings = (f"kl_weight={c.kl_weight:g}, recon={c.recon!r}" if self.diffusion is None else
+            settings = (f"kl_weight={c.kl_weight:g}, recon={c.recon!r}" if self.kind == "autoencoder" else
+                        f"batch_size={c.batch_size}, weight_decay={c.weight_decay:g}" if self.kind == "clip" else
                         f"parameterization={c.parameterization!r}, loss_type={c.loss_type!r}, "
                         f"min_snr_gamma={c.min_snr_gamma}")
             what = (f"the loss became NaN/inf at step {step} although the batch was finite: training diverged. "
@@ -779,7 +815,7 @@ class Trainer:
             self._train_start = None
 
         self.elapsed = elapsed_before + time.perf_counter() - start_time
-        if self.diffusion is None:  # an autoencoder: its latent scale factor, also for a run kept in memory
+        if self.kind == "autoencoder":  # its latent scale factor, also for a run kept in memory
             self._raise_if_nonfinite()
             self.update_scale_factor()
         if self._sampled_step != self.step:
@@ -806,8 +842,10 @@ class Trainer:
         from .latent import sample_images
 
         c = self.config
-        if self.diffusion is None:
+        if self.kind == "autoencoder":
             raise ValueError("an autoencoder (objective='autoencoder') has no samples: use Trainer.reconstruct()")
+        if self.kind == "clip":
+            raise ValueError("a CLIP (objective='clip') has no samples: use Trainer.zero_shot_accuracy()")
         n = n or c.sample_n
         model = self.ema.module if use_ema else self.raw_model
         if labels is None and self.num_classes is not None:
@@ -828,19 +866,32 @@ class Trainer:
     def reconstruct(self, n: int | None = None, use_ema: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, reconstructions) of an autoencoder: the first `n` training images (default sample_n) and
         D(mean of q(z | x)) from the EMA weights, both [n, C, H, W] in [-1, 1] on the CPU."""
-        if self.diffusion is not None:
-            raise ValueError("reconstruct() is for objective='autoencoder'; a diffusion model has sample()")
+        if self.kind != "autoencoder":
+            raise ValueError(f"reconstruct() is for objective='autoencoder', not {self.kind!r}")
         model = self.ema.module if use_ema else self.raw_model
         x = self.images[: n or self.config.sample_n]
         with eval_mode(model), self._autocast():
             x_hat = model.decode(model.encode(x).mode())
         return x.float().cpu(), x_hat.float().clamp(-1.0, 1.0).cpu()
 
+    @torch.no_grad()
+    def zero_shot_accuracy(self, n: int = 500, use_ema: bool = True) -> float:
+        """objective='clip': zero-shot accuracy of the (EMA) CLIP on the first `n` training images, untransformed
+        (`CLIP.zero_shot_classify` with the default templates; the held-out test split is the benchmark's)."""
+        if self.kind != "clip":
+            raise ValueError(f"zero_shot_accuracy() is for objective='clip', not {self.kind!r}")
+        model = self.ema.module if use_ema else self.raw_model
+        with eval_mode(model):
+            probs = model.zero_shot_classify(self.images[:n])
+        return float((probs.argmax(1) == self.labels[:n].cpu()).float().mean())
+
     def _sample_and_save_grid(self) -> None:
         self._raise_if_nonfinite()
         self._sampled_step = self.step
-        if self.is_main:
-            if self.diffusion is None:  # an autoencoder: rows of inputs alternate with their reconstructions
+        if self.is_main and self.kind == "clip":  # no images: zero-shot accuracy on training digits instead
+            self.samples.append({"step": self.step, "zero_shot_accuracy": self.zero_shot_accuracy()})
+        elif self.is_main:
+            if self.kind == "autoencoder":  # rows of inputs alternate with their reconstructions
                 inputs, images = self.reconstruct()
                 self.samples.append({"step": self.step, "images": images, "inputs": inputs})
                 nrow = min(8, images.shape[0])
@@ -912,7 +963,9 @@ class Trainer:
         if self.is_main and directory is not None:
             extra = {"dataset": self.config.dataset, "sample_shape": list(self.sample_shape), "step": self.step,
                      "num_classes": self.num_classes, "classes": self.dataset_info.get("classes")}
-            if self.diffusion is None:
+            if self.kind == "clip":
+                extra.update(objective="clip")
+            if self.kind == "autoencoder":
                 if self._scaled_step != self.step:
                     self.update_scale_factor()
                 extra.update(objective="autoencoder", scale_factor=self.raw_model.scale_factor,
