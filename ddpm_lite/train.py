@@ -39,7 +39,11 @@ every checkpoint store the latent scale factor (1 / std of the EMA model's laten
 in the autoencoder's config. `autoencoder=DIR` trains a *latent* diffusion model: the frozen autoencoder of DIR
 encodes the dataset once (posterior means × scale factor, see `ddpm_lite.latent`), the ordinary diffusion
 objective trains the `latent` UNet preset on those latents, sample grids are decoded, and the checkpoint
-carries the autoencoder in its `autoencoder/` subfolder (see `ddpm_lite.checkpoint`).
+carries the autoencoder in its `autoencoder/` subfolder (see `ddpm_lite.checkpoint`). `objective="clip"` trains
+a `ddpm_lite.clip.CLIP` with `ClipObjective`: each batch is captioned on the fly (`ddpm_lite.captions`: the
+labels, attributes measured from the pixels with thresholds from this training data's quantiles, random
+transformations; the caption RNG is seeded from the noise generator, so resume stays exact) and the symmetric
+InfoNCE loss is minimised; instead of sample grids it records the zero-shot accuracy on training digits.
 
 Ctrl-C (KeyboardInterrupt) during `train()` saves a checkpoint (atomically) and `train()` returns normally
 with `trainer.interrupted = True`, so a notebook keeps its trainer and a later `train()` call continues.
