@@ -18,6 +18,15 @@ CLIP (Radford et al. 2021) from scratch on captioned digits (`ddpm_lite.captions
 
     python -m ddpm_lite train-clip --dataset mnist5k --max-seconds 600 --out runs/mnist5k-clip
 
+Text-to-image on its frozen text tower: a mini Stable Diffusion (latent space, cross-attention) and a mini
+Imagen cascade (a 14×14 base + a 14 → 28 super-resolution stage); `sample --prompt` draws from either:
+
+    python -m ddpm_lite train --dataset mnist5k --text-encoder runs/mnist5k-clip --autoencoder runs/mnist5k-autoencoder \
+        --caption-transforms upside_down,shift_left,shift_right,small --out runs/mnist5k-sd
+    python -m ddpm_lite train --dataset mnist5k --text-encoder runs/mnist5k-clip --resolution 14 --out runs/base
+    python -m ddpm_lite train --dataset mnist5k --low-res 14 --out runs/sr
+    python -m ddpm_lite sample --checkpoint runs/mnist5k-sd --prompt "a thick upside-down seven" --guidance 3 --n 16
+
 The `train` flags are generated from `ddpm_lite.train.TrainConfig`: one `--field-name` per field (help text
 and choices from the field's metadata), so every setting of a run is reachable, e.g.
 
@@ -245,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False, help="progress bar")
+    text = s.add_argument_group("text-to-image checkpoints (mini Stable Diffusion / mini Imagen; ddpm_lite.pipeline)")
+    text.add_argument("--prompt", action="append", default=None,
+                      help="a prompt, e.g. \"a thin seven\"; repeat the flag for several, cycled to fill --n. "
+                           "Every word must be in the text encoder's vocabulary")
+    text.add_argument("--threshold", default="auto", choices=("auto", "static", "dynamic", "none"),
+                      help="x0 thresholding: static clipping, Imagen's dynamic thresholding, none; auto = none in "
+                           "latent space, static in pixel space")
+    text.add_argument("--aug-level", type=int, default=None,
+                      help="cascade: noise-augmentation timestep the super-resolution stage is told (default: the "
+                           "pipeline's)")
     edit = s.add_argument_group("editing an image (ddpm_lite.editing)")
     edit.add_argument("--init-image", default=None,
                       help="start from these images instead of noise: an .npz with 'images' (as --save-array "
@@ -391,6 +410,11 @@ def _sample(args) -> int:
         if args.guidance < 0:
             raise UsageError(f"--guidance must be >= 0, got {args.guidance}")
         device = pick_device(args.device)
+        if _is_text_to_image(args.checkpoint):
+            return _sample_text(args, device)
+        if args.prompt is not None:
+            raise UsageError(f"--prompt needs a text-to-image checkpoint (trained with `train --text-encoder`); "
+                             f"{args.checkpoint} is not one: use --labels")
         if ckpt.load_config(args.checkpoint, diffusion=False)["model_class"] == "AutoencoderKL":
             raise UsageError(f"{args.checkpoint} holds an autoencoder (AutoencoderKL), which makes no samples: train "
                              f"a latent diffusion model on it with `{PROG} train --autoencoder {args.checkpoint}` "
@@ -490,6 +514,65 @@ def _sample(args) -> int:
     return 0
 
 
+def _is_text_to_image(checkpoint) -> bool:
+    from . import checkpoint as ckpt
+    from .pipeline import PIPELINE_CONFIG
+
+    if (Path(checkpoint) / PIPELINE_CONFIG).exists():
+        return True
+    config = ckpt.load_config(checkpoint, diffusion=False)
+    return bool(config.get("extra", {}).get(ckpt.TEXT_ENCODER_SUBDIR))
+
+
+def _sample_text(args, device) -> int:
+    """`sample` for a text-to-image checkpoint or cascade: prompts through `ddpm_lite.pipeline.TextToImage`."""
+    import numpy as np
+    import torch
+
+    from .pipeline import TextToImage
+
+    try:
+        if not args.prompt:
+            raise UsageError(f"{args.checkpoint} is a text-to-image model: give what to draw with --prompt, e.g. "
+                             f"--prompt \"a thin seven\"")
+        for flag, given in (("--labels", args.labels is not None), ("--init-image", args.init_image is not None),
+                            ("--keep-mask", args.keep_mask is not None), ("--strength", args.strength is not None)):
+            if given:
+                raise UsageError(f"{flag} does not apply to a text-to-image model: describe the image with --prompt")
+        if args.eta != 0.0:
+            raise UsageError("--eta does not apply to text-to-image sampling (DDIM with eta 0)")
+        pipe = TextToImage.from_pretrained(args.checkpoint, device=device)
+        pipe.text_encoder.check_prompts(args.prompt)  # an unknown word: one clear line naming it
+        if args.steps is not None and not 1 <= args.steps <= pipe.diffusion.num_timesteps:
+            raise UsageError(f"--steps must be in 1..{pipe.diffusion.num_timesteps}, got {args.steps}")
+        prompts = [args.prompt[i % len(args.prompt)] for i in range(args.n)]
+        steps = args.steps or (None if args.sampler == "ddpm" else 20)
+        threshold = None if args.threshold == "none" else args.threshold
+        gen = torch.Generator().manual_seed(args.seed)
+        chunks = []
+        for start in range(0, args.n, args.batch_size):
+            chunks.append(pipe(prompts[start:start + args.batch_size], guidance=args.guidance, steps=steps,
+                               sampler=args.sampler, generator=gen, threshold=threshold, aug_level=args.aug_level,
+                               progress=args.progress))
+    except ValueError as e:  # includes CheckpointError and unknown words
+        return _fail(e)
+    images = torch.cat(chunks)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from torchvision.utils import save_image
+
+    nrow = args.nrow or (len(args.prompt) if 1 < len(args.prompt) <= 16 else math.ceil(math.sqrt(args.n)))
+    save_image((images + 1) / 2, str(out), nrow=max(1, nrow), padding=1)
+    print(f"wrote {args.n} samples to {out}")
+    if args.save_array:
+        arr = Path(args.save_array)
+        arr.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(arr, images=images.numpy().astype(np.float32), labels=np.full(args.n, -1, dtype=np.int64),
+                 prompts=np.asarray(prompts))
+        print(f"wrote arrays to {arr}")
+    return 0
+
+
 def _read_image_file(path: Path, channels: int):
     """A PNG/JPEG as a float tensor [1, C, H, W] in [-1, 1] with the model's number of channels."""
     import numpy as np
@@ -572,9 +655,13 @@ def _export(args) -> int:
             extra["note"] = args.note
         # a latent model's autoencoder travels with it (None for a pixel-space model)
         autoencoder = ckpt.load_autoencoder(args.checkpoint) if has_diffusion else None
-        if autoencoder is not None and args.fp16:
-            autoencoder.half()
-        out = ckpt.save_pretrained(args.out, model, diffusion, ema=ema, extra=extra, autoencoder=autoencoder)
+        # a text-to-image model's frozen text encoder travels with it too
+        text_encoder = ckpt.load_text_encoder(args.checkpoint) if has_diffusion else None
+        for frozen in (autoencoder, text_encoder):
+            if frozen is not None and args.fp16:
+                frozen.half()
+        out = ckpt.save_pretrained(args.out, model, diffusion, ema=ema, extra=extra, autoencoder=autoencoder,
+                                   text_encoder=text_encoder)
     except ValueError as e:
         return _fail(e)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -204,9 +204,21 @@ def is_held_out(transforms, label: int) -> bool:
     return any((t, int(label)) in HELD_OUT for t in transforms)
 
 
-def sample_transforms(labels, rng: random.Random, allow_held_out: bool = False) -> list[tuple[str, ...]]:
+def check_transforms(names) -> tuple[str, ...]:
+    """`names` (an iterable of `TRANSFORMS` names, or None for all of them) as a tuple, checked."""
+    names = TRANSFORMS if names is None else tuple(names)
+    unknown = sorted(set(names) - set(TRANSFORMS))
+    if unknown:
+        raise ValueError(f"unknown transformations {unknown}: expected names from {', '.join(TRANSFORMS)}")
+    return names
+
+
+def sample_transforms(labels, rng: random.Random, allow_held_out: bool = False,
+                      allowed=None) -> list[tuple[str, ...]]:
     """Random transformations per label (`TRANSFORM_PROB`); a held-out combination is dropped (the digit keeps
-    its other transformations) unless `allow_held_out`."""
+    its other transformations) unless `allow_held_out`; transformations outside `allowed` (default: all) are
+    dropped too (e.g. no inversion for a latent model whose autoencoder never saw inverted digits)."""
+    allowed = check_transforms(allowed)
     out = []
     for label in labels:
         names = []
@@ -220,6 +232,7 @@ def sample_transforms(labels, rng: random.Random, allow_held_out: bool = False) 
             names.append("inverted")
         if not allow_held_out:
             names = [t for t in names if (t, int(label)) not in HELD_OUT]
+        names = [t for t in names if t in allowed]
         out.append(tuple(names))
     return out
 
@@ -285,11 +298,11 @@ def caption(facts: dict, rng: random.Random) -> str:
 
 
 def measure_and_caption(images: torch.Tensor, labels, thresholds: AttributeThresholds, rng: random.Random,
-                        allow_held_out: bool = False) -> tuple[torch.Tensor, list[str], list[dict]]:
-    """Training-time captioning of a batch: draw transformations, measure the digits as written, transform,
-    caption. Returns (transformed images, captions, facts)."""
+                        allow_held_out: bool = False, allowed=None) -> tuple[torch.Tensor, list[str], list[dict]]:
+    """Training-time captioning of a batch: draw transformations (from `allowed`, default all), measure the
+    digits as written, transform, caption. Returns (transformed images, captions, facts)."""
     labels = [int(v) for v in (labels.tolist() if torch.is_tensor(labels) else labels)]
-    transforms = sample_transforms(labels, rng, allow_held_out=allow_held_out)
+    transforms = sample_transforms(labels, rng, allow_held_out=allow_held_out, allowed=allowed)
     facts = facts_for(labels, thresholds.describe(images), transforms)
     return transform_images(images, transforms), [caption(f, rng) for f in facts], facts
 

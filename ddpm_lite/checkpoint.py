@@ -66,6 +66,7 @@ TRAINER_STATE_NAME = "trainer_state.json"
 TRAINER_TENSORS_NAME = "trainer_state.safetensors"
 RUN_SUBDIR = "checkpoint"  # a trainer run directory keeps its checkpoint here
 AUTOENCODER_SUBDIR = "autoencoder"  # a latent diffusion checkpoint keeps its autoencoder here
+TEXT_ENCODER_SUBDIR = "text_encoder"  # a text-to-image checkpoint keeps its frozen text encoder here
 
 
 class CheckpointError(ValueError):
@@ -91,11 +92,12 @@ def model_registry() -> dict[str, type]:
     from .autoencoder import AutoencoderKL
     from .classifier import DigitsClassifier, MNISTClassifier
     from .clip import CLIP
+    from .text_encoder import CLIPTextEncoder
     from .toy_mlp import ToyMLP
     from .unet import UNet
 
     return {"UNet": UNet, "ToyMLP": ToyMLP, "DigitsClassifier": DigitsClassifier, "MNISTClassifier": MNISTClassifier,
-            "AutoencoderKL": AutoencoderKL, "CLIP": CLIP, **_EXTRA_MODELS}
+            "AutoencoderKL": AutoencoderKL, "CLIP": CLIP, "CLIPTextEncoder": CLIPTextEncoder, **_EXTRA_MODELS}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -330,7 +332,8 @@ def _checkpoint_config(model: nn.Module, diffusion, has_ema: bool, extra: dict |
 
 
 def save_pretrained(directory, model: nn.Module, diffusion=None, ema=None, trainer_state: dict | None = None,
-                    extra: dict | None = None, autoencoder: nn.Module | None = None) -> Path:
+                    extra: dict | None = None, autoencoder: nn.Module | None = None,
+                    text_encoder: nn.Module | None = None) -> Path:
     """Write a checkpoint directory atomically (see the module docstring); returns its path.
 
     Args:
@@ -346,6 +349,8 @@ def save_pretrained(directory, model: nn.Module, diffusion=None, ema=None, train
         autoencoder: for a latent diffusion model, the `AutoencoderKL` whose scaled latents it models: saved
             (weights only) in the subfolder `autoencoder/` of the same atomic write, and named in
             extra["autoencoder"]; `load_autoencoder` reads it back.
+        text_encoder: for a text-to-image model, the frozen `CLIPTextEncoder` whose per-token states it
+            cross-attends to: saved the same way in `text_encoder/`; `load_text_encoder` reads it back.
     """
     directory = Path(directory)
     model = unwrap_model(model)
@@ -358,11 +363,13 @@ def save_pretrained(directory, model: nn.Module, diffusion=None, ema=None, train
                 f"directory (or delete it yourself)"
             )
     extra = dict(extra or {})
-    ae_config = None
-    if autoencoder is not None:
-        autoencoder = unwrap_model(autoencoder)
-        extra["autoencoder"] = AUTOENCODER_SUBDIR
-        ae_config = _checkpoint_config(autoencoder, None, False, {"role": "latent diffusion first stage"})
+    subfolders = {}  # name -> (module, its config): frozen parts that travel with the model
+    for name, module, role in ((AUTOENCODER_SUBDIR, autoencoder, "latent diffusion first stage"),
+                               (TEXT_ENCODER_SUBDIR, text_encoder, "frozen text encoder")):
+        if module is not None:
+            module = unwrap_model(module)
+            extra[name] = name
+            subfolders[name] = (module, _checkpoint_config(module, None, False, {"role": role}))
     config = _checkpoint_config(model, diffusion, ema is not None, extra)
 
     with atomic_directory(directory) as tmp:
@@ -374,11 +381,11 @@ def save_pretrained(directory, model: nn.Module, diffusion=None, ema=None, train
             skeleton, tensors = flatten_state(trainer_state)
             _write_bytes(tmp / TRAINER_TENSORS_NAME, _tensors_to_bytes(tensors))
             _write_json(tmp / TRAINER_STATE_NAME, {"format_version": FORMAT_VERSION, "state": skeleton})
-        if autoencoder is not None:
-            sub = tmp / AUTOENCODER_SUBDIR
+        for name, (module, sub_config) in subfolders.items():
+            sub = tmp / name
             sub.mkdir()
-            _write_json(sub / CONFIG_NAME, ae_config)
-            _write_bytes(sub / WEIGHTS_NAME, _tensors_to_bytes(autoencoder.state_dict()))
+            _write_json(sub / CONFIG_NAME, sub_config)
+            _write_bytes(sub / WEIGHTS_NAME, _tensors_to_bytes(module.state_dict()))
             _fsync_dir(sub)
     return directory
 
@@ -523,6 +530,38 @@ def load_model(directory, device="cpu", use_ema: bool = True) -> nn.Module:
     return model.to(device).eval()
 
 
+def _load_subfolder(directory: Path, config: dict, key: str, what: str, device, use_ema: bool):
+    """The module in the subfolder that config.json's extra[key] names, or None if there is none."""
+    sub = config.get("extra", {}).get(key)
+    if not sub:
+        return None
+    if not isinstance(sub, str) or Path(sub).name != sub or sub in (".", ".."):
+        raise CheckpointError(f"{directory / CONFIG_NAME}: extra.{key} must name a subfolder of the checkpoint, "
+                              f"got {sub!r}")
+    if not (directory / sub / CONFIG_NAME).exists():
+        raise CheckpointError(f"{directory} is a {what} checkpoint but its {key} subfolder {sub}/ is missing or "
+                              f"incomplete: copy the whole checkpoint directory, subfolders included")
+    return load_model(directory / sub, device, use_ema)
+
+
+def load_text_encoder(directory, device="cpu"):
+    """The frozen `CLIPTextEncoder` of a text-to-image checkpoint (its `text_encoder/` subfolder), or None if it
+    has none. `directory` may also be a CLIP checkpoint (its text tower is taken) or a text encoder's own."""
+    from .text_encoder import CLIPTextEncoder
+
+    directory = resolve_checkpoint_dir(directory)
+    config = load_config(directory, diffusion=False)
+    if config["model_class"] == "CLIP":
+        return CLIPTextEncoder.from_clip(load_model(directory, device), source=str(directory))
+    if config["model_class"] == "CLIPTextEncoder":
+        return load_model(directory, device)
+    encoder = _load_subfolder(directory, config, TEXT_ENCODER_SUBDIR, "text-to-image", device, True)
+    if encoder is not None and not isinstance(encoder, CLIPTextEncoder):
+        raise CheckpointError(f"{directory / TEXT_ENCODER_SUBDIR} holds a {type(encoder).__name__}, not a "
+                              f"CLIPTextEncoder")
+    return encoder
+
+
 def load_autoencoder(directory, device="cpu", use_ema: bool = True):
     """The `AutoencoderKL` of a checkpoint, in eval mode, or None if it has none (a pixel-space model).
 
@@ -535,18 +574,10 @@ def load_autoencoder(directory, device="cpu", use_ema: bool = True):
     config = load_config(directory, diffusion=False)
     if config["model_class"] == "AutoencoderKL":
         return load_model(directory, device, use_ema)
-    sub = config.get("extra", {}).get("autoencoder")
-    if not sub:
-        return None
-    if not isinstance(sub, str) or Path(sub).name != sub or sub in (".", ".."):
-        raise CheckpointError(f"{directory / CONFIG_NAME}: extra.autoencoder must name a subfolder of the checkpoint, "
-                              f"got {sub!r}")
-    if not (directory / sub / CONFIG_NAME).exists():
-        raise CheckpointError(f"{directory} is a latent diffusion checkpoint but its autoencoder subfolder {sub}/ is "
-                              f"missing or incomplete: copy the whole checkpoint directory, subfolders included")
-    autoencoder = load_model(directory / sub, device, use_ema)
-    if not isinstance(autoencoder, AutoencoderKL):
-        raise CheckpointError(f"{directory / sub} holds a {type(autoencoder).__name__}, not an AutoencoderKL")
+    autoencoder = _load_subfolder(directory, config, AUTOENCODER_SUBDIR, "latent diffusion", device, use_ema)
+    if autoencoder is not None and not isinstance(autoencoder, AutoencoderKL):
+        raise CheckpointError(f"{directory / AUTOENCODER_SUBDIR} holds a {type(autoencoder).__name__}, not an "
+                              f"AutoencoderKL")
     return autoencoder
 
 

@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .conditioning import call_model, is_conditioning
 from .device import model_device
 from .losses import discretized_gaussian_log_likelihood, mean_flat, min_snr_weight, normal_kl
 from .models import eval_mode
@@ -302,9 +303,12 @@ class GaussianDiffusion:
         if guidance == 0.0 or y is None:
             if guidance != 0.0:
                 raise ValueError("guidance needs class labels y: pass y, or use guidance=0")
-            out = model(xt, t, y)
+            out = call_model(model, xt, t, y)
         else:
-            both = model(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([y, null_labels(model, y)]))
+            # conditional and unconditional in one batch: the null class, or a conditioning object's null
+            # (for text: the empty prompt, Stable Diffusion's unconditional branch)
+            pair = y.cat(y.null()) if is_conditioning(y) else torch.cat([y, null_labels(model, y)])
+            both = call_model(model, torch.cat([xt, xt]), torch.cat([t, t]), pair)
             cond, uncond = both.chunk(2)
             out = (1.0 + guidance) * cond - guidance * uncond
         if out.shape != xt.shape:
@@ -413,7 +417,7 @@ class GaussianDiffusion:
         self.check_inputs(x0, t, "x0")
         noise = self._noise(x0, noise, generator)
         xt = self.q_sample(x0, t, noise)
-        output = model(xt, t, y)
+        output = call_model(model, xt, t, y)
         if output.shape != x0.shape:
             raise ValueError(f"the model must return a tensor shaped like x_t {tuple(x0.shape)}, got {tuple(output.shape)}")
         target = self.training_target(x0, noise, t)

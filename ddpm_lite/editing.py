@@ -25,6 +25,7 @@ from typing import Iterator
 
 import torch
 
+from .conditioning import is_conditioning
 from .diffusion import GaussianDiffusion, randn
 from .models import eval_mode
 from .samplers import (Step, _alpha_bar, _full, _last, _progress, ddim_update, ddpm_update, make_denoiser,
@@ -141,7 +142,9 @@ def inpaint_steps(model, diffusion: GaussianDiffusion, x_known: torch.Tensor, ma
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     seq = sampler_timesteps(diffusion, sampler, steps, spacing)
-    if y is not None:
+    if is_conditioning(y):
+        y = y.to(x_known.device)
+    elif y is not None:
         y = torch.as_tensor(y, dtype=torch.long, device=x_known.device)
     denoiser = make_denoiser(model, diffusion, y, guidance, threshold, percentile)
     if x_T is None:

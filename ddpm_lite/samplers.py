@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .conditioning import is_conditioning
 from .device import model_device
 from .diffusion import GaussianDiffusion, randn
 from .models import eval_mode
@@ -54,7 +55,8 @@ def make_denoiser(model, diffusion: GaussianDiffusion, y=None, guidance: float =
     """Wrap `model` as a denoiser `(x_t, t) -> (x̂_0, ε̂)`.
 
     Args:
-        y: class labels [B] (long), or None for an unconditional model / the null class.
+        y: class labels [B] (long), None for an unconditional model / the null class, or a conditioning
+            object (`ddpm_lite.conditioning`, e.g. a prompt's `TextCondition`).
         guidance: classifier-free guidance weight w (see the module docstring for the convention).
         threshold: "static" clips x̂_0 to [−1, 1]; "dynamic" is Imagen's dynamic thresholding at `percentile`
             (Saharia et al. 2022); None leaves x̂_0 alone.
@@ -292,7 +294,12 @@ def sample_steps(model, diffusion: GaussianDiffusion, shape, sampler: str = "ddi
         device = x_T.device if x_T is not None else model_device(model)
     if x_T is None:
         x_T = randn(tuple(shape), generator, device, torch.float32)
-    if y is not None:
+    if is_conditioning(y):  # text (or another conditioning object): one entry per sample
+        if len(y) != x_T.shape[0]:
+            raise ValueError(f"the conditioning must hold one entry per sample: {x_T.shape[0]} samples, {len(y)} "
+                             f"entries")
+        y = y.to(x_T.device)
+    elif y is not None:
         y = torch.as_tensor(y, dtype=torch.long, device=x_T.device)
         if y.shape != (x_T.shape[0],):
             raise ValueError(f"y must hold one label per sample: expected shape [{x_T.shape[0]}], got {tuple(y.shape)}")

@@ -98,6 +98,9 @@ RECIPES: dict[str, dict] = {
     "cifar10": dict(batch_size=128, lr=2e-4),
     "toy_mlp": dict(batch_size=256, lr=1e-3),
     "latent": dict(batch_size=64, lr=1e-3),
+    # text-to-image: as the class-conditional recipes (the UNet gains cross-attention; no label dropout)
+    "text": dict(batch_size=64, lr=1e-3),
+    "text_latent": dict(batch_size=64, lr=1e-3),
     # objective="autoencoder" (any dataset): Adam at 1e-3 trains the small AutoencoderKL in minutes; no min-SNR
     "autoencoder": dict(batch_size=64, lr=1e-3, min_snr_gamma=None),
     # objective="clip": large batches (more negatives per caption) and CLIP's 5e-4 (Radford et al. 2021, App. F)
@@ -159,6 +162,21 @@ class TrainConfig:
         "auto", "min-SNR-gamma loss weighting (Hang et al. 2023); none = plain L_simple of Ho et al.; auto = the "
                 "recipe for the preset/dataset (1 for digits, else 5; see ddpm_lite.train.RECIPES)",
         choices=("auto",))
+    # text-to-image (objective=diffusion with text_encoder set)
+    text_encoder: str | None = _knob(None, "text-to-image (mini Stable Diffusion / Imagen): a CLIP checkpoint (from "
+                                           "train-clip) whose frozen text tower's per-token states the UNet "
+                                           "cross-attends to; batches are captioned by ddpm_lite.captions and the "
+                                           "checkpoint carries the text encoder", group="text-to-image")
+    caption_dropout: float = _knob(0.1, "text-to-image: probability of replacing a caption by the empty prompt "
+                                        "(trains the unconditional branch of classifier-free guidance)")
+    caption_transforms: str = _knob("all", "text-to-image: the caption transformations drawn, comma-separated "
+                                           "names of ddpm_lite.captions.TRANSFORMS, or all")
+    resolution: int | None = _knob(None, "text-to-image: train on the images resized to this size (a cascade's "
+                                         "base stage, e.g. 14)")
+    low_res: int | None = _knob(None, "text-to-image: train a super-resolution stage from this size to the "
+                                      "dataset's (e.g. 14 -> 28), with noise-conditioning augmentation; "
+                                      "text-conditioned only if text_encoder is set")
+    aug_max: int = _knob(250, "super-resolution: the largest noise-augmentation timestep of the low-res input")
     # the autoencoder objective
     kl_weight: float = _knob(1e-6, "objective=autoencoder: weight beta of the KL term (LDM's KL-reg; per image, "
                                    "against the reconstruction summed over pixels)", group="autoencoder")
@@ -209,6 +227,8 @@ class TrainConfig:
         """A copy with batch_size / lr left None and min_snr_gamma left "auto" filled in from `RECIPES`."""
         if self.objective in ("autoencoder", "clip"):
             key = self.objective
+        elif self.text_encoder and self.preset == "auto":
+            key = "text_latent" if self.autoencoder else "text"
         elif self.preset != "auto":
             key = self.preset
         else:
@@ -263,6 +283,22 @@ class TrainConfig:
                  "64, \"text_layers\": 2}); preset= and autoencoder= do not apply")
             need(not self.hflip, "hflip does not apply to CLIP: a mirrored digit no longer matches its caption "
                                  "(a mirrored 7 slants the other way; left and right swap)")
+        if self.text_encoder or self.resolution or self.low_res:
+            need(self.objective == "diffusion", "text_encoder / resolution / low_res are for objective='diffusion'")
+            need(bool(self.text_encoder or self.low_res), "resolution is the base stage of a text-to-image "
+                                                          "cascade: set text_encoder too")
+            need(0.0 <= self.caption_dropout < 1.0, f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+            need(not self.hflip, "hflip does not apply to text-to-image: a mirrored digit no longer matches its "
+                                 "caption")
+            need(not (self.low_res and (self.resolution or self.autoencoder)),
+                 "a super-resolution stage (low_res) works in pixel space at the dataset's size: no resolution or "
+                 "autoencoder")
+            need(not (self.resolution and self.autoencoder), "resolution (a pixel cascade's base) and autoencoder "
+                                                             "(latent diffusion) exclude each other")
+            need(self.aug_max >= 0, f"aug_max must be >= 0, got {self.aug_max}")
+            if self.caption_transforms != "all":
+                from .captions import check_transforms
+                check_transforms(t.strip() for t in self.caption_transforms.split(",") if t.strip())
         if self.autoencoder:
             need(not self.hflip, "hflip does not apply to latent diffusion: the dataset is encoded once, and a "
                                  "flipped latent is not the latent of the flipped image")
@@ -305,7 +341,8 @@ def _dataset_tensors(dataset):
     return images, labels, info
 
 
-def default_model(config: TrainConfig, sample_shape: tuple, num_classes: int | None) -> nn.Module:
+def default_model(config: TrainConfig, sample_shape: tuple, num_classes: int | None,
+                  context_dim: int | None = None) -> nn.Module:
     """The default network for a dataset: a UNet preset for images (`latent` for latents), ToyMLP for 2-D
     points; with objective="autoencoder" an `AutoencoderKL` for the image shape (its defaults + model_kwargs)."""
     from .unet import PRESETS, unet_preset
@@ -351,8 +388,13 @@ def default_model(config: TrainConfig, sample_shape: tuple, num_classes: int | N
         raise ValueError(f"a UNet needs images [C, H, W]; dataset {config.dataset!r} has samples of shape "
                          f"{tuple(sample_shape)}")
     image_size = size[0] if size[0] == size[1] else list(size)
+    extras = {}
+    if context_dim is not None:  # text-to-image: cross-attention instead of class labels
+        extras = {"context_dim": context_dim, "num_classes": None}
+    if config.low_res:  # a super-resolution stage: the low-res image as input channels, its noise level embedded
+        extras.update(low_res_channels=channels, aug_conditioning=True, num_classes=None)
     return unet_preset(preset, **{"image_size": image_size, "in_channels": channels, "num_classes": num_classes,
-                                  **kwargs})
+                                  **extras, **kwargs})
 
 
 class NonFiniteError(RuntimeError):
@@ -421,15 +463,31 @@ class Trainer:
         # latent diffusion: the frozen autoencoder (the resumed checkpoint's own copy, else config.autoencoder)
         # encodes the dataset once; from here on the "images" are scaled latents
         self.autoencoder = None
+        self.text_encoder = None  # text-to-image: the frozen CLIP text tower (the checkpoint's own copy on resume)
+        # captioned training (text-to-image stages): transformations and captions per batch
+        self.captioned = bool(config.text_encoder or config.low_res)
+        if config.text_encoder:
+            self.text_encoder = self._load_text_encoder(config.text_encoder, resume_dir, device)
+        if self.captioned:
+            if labels is None:
+                raise ValueError(f"text-to-image captions name the digit: dataset {config.dataset!r} has no labels")
         if config.autoencoder:
             self.autoencoder = self._load_autoencoder(config.autoencoder, resume_dir, device)
-            images = self._encode_dataset(images.to(device))
-            # ~1 when the scale factor (measured on sampled latents, LDM's definition) fits these mean latents;
-            # below 1 for an autoencoder trained too briefly, whose posterior σ is still large
-            self.latent_std = float(images.double().std())
+            if self.text_encoder is None:  # class-conditional: encode once. Text: per batch, after transforming
+                images = self._encode_dataset(images.to(device))
+                # ~1 when the scale factor (measured on sampled latents, LDM's definition) fits these mean
+                # latents; below 1 for an autoencoder trained too briefly, whose posterior σ is still large
+                self.latent_std = float(images.double().std())
+            else:
+                self._encode_dataset(images[:1].to(device))  # checks the image shape against the autoencoder
+                self.latent_std = None
         self.images = images.to(device)
         self.labels = labels.to(device) if labels is not None else None
         self.sample_shape = tuple(images.shape[1:])
+        if self.captioned and self.autoencoder is not None:
+            self.sample_shape = tuple(self.autoencoder.latent_shape)
+        elif self.captioned and config.resolution:
+            self.sample_shape = (images.shape[1], config.resolution, config.resolution)
         global_batch = config.batch_size * self.dist.world_size
         if global_batch > images.shape[0]:
             raise ValueError(f"batch_size * world_size = {global_batch} exceeds the dataset size {images.shape[0]}: "
@@ -442,12 +500,13 @@ class Trainer:
                 model = ckpt.model_from_config(resume_config)
             else:
                 num_classes = None
-                if config.conditional and kind == "diffusion":
+                if config.conditional and kind == "diffusion" and not self.captioned:
                     if labels is None or ("num_classes" in self.dataset_info and not self.dataset_info["num_classes"]):
                         raise ValueError(f"conditional=True needs class labels but dataset {config.dataset!r} has "
                                          f"none: use conditional=False (CLI: --no-conditional)")
                     num_classes = int(self.dataset_info.get("num_classes") or int(labels.max()) + 1)
-                model = default_model(config, self.sample_shape, num_classes)
+                model = default_model(config, self.sample_shape, num_classes,
+                                      context_dim=self.text_encoder.width if self.text_encoder is not None else None)
         if kind == "clip":
             from .captions import AttributeThresholds
             from .clip import CLIP, ClipObjective
@@ -483,6 +542,8 @@ class Trainer:
         if kind == "diffusion":
             self.diffusion = diffusion.to(device)
             self.objective = self.diffusion  # what one training step minimises: objective.training_losses
+            if self.captioned:
+                self.objective = self._text_objective(images)
         self.num_classes = getattr(model, "num_classes", None)
         if self.num_classes is not None and self.labels is None:
             raise ValueError("the model is class-conditional (num_classes set) but the dataset has no labels")
@@ -531,7 +592,9 @@ class Trainer:
         self._check_every_step = device.type == "cpu" and not self.dist.enabled
 
         if config.out_dir == "auto":
-            suffix = f"-{kind}" if kind != "diffusion" else "-latent" if config.autoencoder else ""
+            suffix = (f"-{kind}" if kind != "diffusion" else "-sr" if config.low_res else
+                      "-text" if config.text_encoder else
+                      "-latent" if config.autoencoder else "")
             self.out_dir = Path("runs") / f"{config.dataset}{suffix}"
         else:
             self.out_dir = Path(config.out_dir) if config.out_dir else None
@@ -551,6 +614,31 @@ class Trainer:
         # already on self.device here.
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.999), fused=fused or None)
+
+    def _load_text_encoder(self, path, resume_dir, device):
+        """The frozen CLIPTextEncoder of a text-to-image run: the resumed checkpoint's `text_encoder/`, else the
+        text tower of the CLIP (or text encoder) checkpoint at `path`."""
+        enc = ckpt.load_text_encoder(resume_dir, device=device) if resume_dir is not None else None
+        if enc is None:
+            enc = ckpt.load_text_encoder(path, device=device)
+        if enc is None:
+            cls = ckpt.load_config(path, diffusion=False)["model_class"]
+            raise ckpt.CheckpointError(f"text_encoder {path} holds a {cls}, not a CLIP: train one with "
+                                       f"`python -m ddpm_lite train-clip` and pass its directory")
+        return enc
+
+    def _text_objective(self, images):
+        """The text-to-image objective; caption thresholds from this training data's quantiles (as CLIP's)."""
+        from .captions import AttributeThresholds
+        from .text_to_image import TextToImageObjective
+
+        c = self.config
+        transforms = None if c.caption_transforms == "all" else \
+            [t.strip() for t in c.caption_transforms.split(",") if t.strip()]
+        return TextToImageObjective(self.diffusion, self.text_encoder, AttributeThresholds.from_images(images.cpu()),
+                                    autoencoder=self.autoencoder, caption_dropout=c.caption_dropout,
+                                    transforms=transforms, low_size=c.low_res, aug_max=c.aug_max,
+                                    resolution=c.resolution)
 
     def _load_autoencoder(self, path, resume_dir, device):
         """The frozen AutoencoderKL of a latent run: from the checkpoint being resumed (its `autoencoder/`
@@ -639,7 +727,7 @@ class Trainer:
         if c.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y = None
-        if self.kind == "clip":  # the captions name the digit; no label dropout
+        if self.kind == "clip" or self.captioned:  # captions name the digit; no label dropout
             y = self.labels[idx]
         elif self.num_classes is not None:
             y = self.labels[idx]
@@ -836,8 +924,11 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self, n: int | None = None, labels=None, use_ema: bool = True, seed: int | None = None,
-               sampler: str | None = None, steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
-        """`n` samples in [-1, 1] from the EMA model (labels cycle over the classes of a conditional model).
+               sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+               prompts=None) -> torch.Tensor:
+        """`n` samples in [-1, 1] from the EMA model (labels cycle over the classes of a conditional model; a
+        text-to-image model takes `prompts`, default "a zero" ... "a nine" cycled; a super-resolution stage
+        upsamples low-resolution views of the first `n` training digits, prompted with their names).
 
         Uses its own generator (seeded with `seed`, default config.seed), so it never disturbs training's RNG.
         A latent model's samples are decoded by its autoencoder (`ddpm_lite.latent.sample_images`); an
@@ -856,6 +947,22 @@ class Trainer:
             labels = torch.arange(n) % self.num_classes
         if labels is not None:
             labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        if self.captioned:
+            from .text_to_image import digit_prompts
+
+            if c.low_res:
+                from .conditioning import SuperResCondition
+                from .text_to_image import low_res_view
+
+                n = min(n, self.images.shape[0])
+                low = low_res_view(self.images[:n], c.low_res)
+                text = None
+                if self.text_encoder is not None:
+                    text = self.text_encoder.encode(prompts or [digit_prompts(10)[int(k)] for k in self.labels[:n]])
+                labels = SuperResCondition(low, torch.zeros(n, dtype=torch.long, device=self.device), text)
+            else:
+                labels = self.text_encoder.encode(prompts or digit_prompts(n))
+            n = len(labels)
         gen = torch.Generator().manual_seed(c.seed if seed is None else seed)
         steps = steps or (c.sample_steps if (sampler or c.sampler) != "ddpm" else None)
         with eval_mode(model):
@@ -978,8 +1085,10 @@ class Trainer:
                 extra.update(image_shape=list(self.autoencoder.image_shape), latents="posterior mean x scale_factor",
                              latent_std=self.latent_std,
                              autoencoder_source=str(self.config.autoencoder))
+            if self.captioned:
+                extra.update(text_encoder_source=self.config.text_encoder, text_to_image=self.objective.config)
             ckpt.save_pretrained(directory, self.raw_model, self.diffusion, ema=self.ema, trainer_state=state,
-                                 extra=extra, autoencoder=self.autoencoder)
+                                 extra=extra, autoencoder=self.autoencoder, text_encoder=self.text_encoder)
             ckpt.atomic_write_json(directory.parent / "history.json", self.history, indent=1)
         self._saved_step = self.step
         if sync:

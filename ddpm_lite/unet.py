@@ -28,6 +28,19 @@ PixelCNN++ / Wide-ResNet style U-Net, Ronneberger et al. 2015):
   and every residual block starts as the identity.
 
 With ``unet_preset("cifar10")`` (no classes) the network has the paper's ≈35.7M parameters.
+
+Text and image conditioning (notebook 10), each off by default:
+
+* ``context_dim``: every attention location (and the middle) gets LDM's `SpatialTransformer` instead of plain
+  self-attention: self-attention, **cross-attention** to a context sequence ``context`` [B, L, context_dim]
+  (a prompt's per-token text states, padding masked by ``context_mask`` [B, L]) and an MLP (Rombach et al.
+  2022, §3.3). Class conditioning can be used alongside.
+* ``low_res_channels``: a super-resolution model (Saharia et al. 2022, "Imagen", §2.5; Ho et al. 2022,
+  "Cascaded Diffusion Models") gets the low-resolution image, upsampled to the model's size, concatenated to
+  x_t as extra input channels (``low_res`` [B, low_res_channels, H, W]).
+* ``aug_conditioning``: the noise level of the augmentation applied to that low-resolution image
+  (``aug_level`` [B], a timestep of the same schedule) is embedded like t and added to the time embedding,
+  so the model knows how much to trust it (noise-conditioning augmentation, Ho et al. 2022, §3.2).
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .models import check_t_and_y
+from .transformer import SpatialTransformer
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -165,6 +179,9 @@ class UNet(nn.Module):
             default); False uses plain 2×2 average pooling and nearest-neighbour upsampling.
         scale_shift_norm: condition every ResBlock by scaling and shifting its second GroupNorm's output
             (AdaGN, Nichol & Dhariwal 2021) instead of adding the embedding (Ho et al. 2020, default).
+        context_dim: width of the context tokens for cross-attention (None: no text conditioning).
+        low_res_channels: channels of a low-resolution conditioning image concatenated to the input (0: none).
+        aug_conditioning: embed the low-resolution image's augmentation noise level (`aug_level`).
     """
 
     def __init__(
@@ -182,6 +199,9 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         resample_with_conv: bool = True,
         scale_shift_norm: bool = False,
+        context_dim: int | None = None,
+        low_res_channels: int = 0,
+        aug_conditioning: bool = False,
     ):
         super().__init__()
         H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -206,11 +226,21 @@ class UNet(nn.Module):
             resample_with_conv=resample_with_conv,
             scale_shift_norm=scale_shift_norm,
         )
+        # the conditioning extras enter the config only when used, so older checkpoints' configs stay identical
+        if context_dim is not None:
+            self.config["context_dim"] = context_dim
+        if low_res_channels:
+            self.config["low_res_channels"] = low_res_channels
+        if aug_conditioning:
+            self.config["aug_conditioning"] = True
         self.image_size = (H, W)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_classes = num_classes
         self.base_channels = base_channels
+        self.context_dim = context_dim
+        self.low_res_channels = low_res_channels
+        self.aug_conditioning = aug_conditioning
 
         # time (and class) embedding
         emb_dim = 4 * base_channels
@@ -218,11 +248,15 @@ class UNet(nn.Module):
             nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
+        self.aug_mlp = (nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                        if aug_conditioning else None)
 
         def block(cin, cout):
             return ResBlock(cin, cout, emb_dim, dropout, num_groups, scale_shift_norm)
 
         def attn(ch):
+            if context_dim is not None:
+                return SpatialTransformer(ch, context_dim, num_heads, num_groups)
             return Attention(ch, num_heads, num_groups)
 
         # feature-map size of every level: a stride-2 conv maps n -> ceil(n / 2)
@@ -231,7 +265,7 @@ class UNet(nn.Module):
             sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
 
         # down path: remember the channel count of every skip connection
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + low_res_channels, base_channels, 3, padding=1)
         self.down = nn.ModuleList()
         skip_channels = [base_channels]
         ch = base_channels
@@ -267,6 +301,35 @@ class UNet(nn.Module):
         self.conv_out = zero_module(nn.Conv2d(ch, out_channels, 3, padding=1))
 
     # ------------------------------------------------------------------ input checks
+    def _check_conditioning(self, x, context, context_mask, low_res, aug_level) -> None:
+        B, _, H, W = x.shape
+        if self.context_dim is not None:
+            if context is None:
+                raise ValueError("this UNet is text-conditioned (context_dim set): pass context [B, L, "
+                                 f"{self.context_dim}] (the empty prompt's encoding for the unconditional branch)")
+            if context.ndim != 3 or context.shape[0] != B or context.shape[2] != self.context_dim:
+                raise ValueError(f"context must have shape [B, L, context_dim] = [{B}, L, {self.context_dim}], got "
+                                 f"{tuple(context.shape)}")
+            if context_mask is not None and tuple(context_mask.shape) != tuple(context.shape[:2]):
+                raise ValueError(f"context_mask must have shape [B, L] = {list(context.shape[:2])}, got "
+                                 f"{tuple(context_mask.shape)}")
+        elif context is not None:
+            raise ValueError("this UNet has no cross-attention (context_dim=None) but a context was given")
+        if self.low_res_channels:
+            want = (B, self.low_res_channels, H, W)
+            if low_res is None or tuple(low_res.shape) != want:
+                got = "None" if low_res is None else tuple(low_res.shape)
+                raise ValueError(f"this super-resolution UNet needs low_res of shape {want} (the low-resolution "
+                                 f"image upsampled to {H}×{W}), got {got}")
+        elif low_res is not None:
+            raise ValueError("this UNet takes no low-resolution image (low_res_channels=0)")
+        if self.aug_conditioning:
+            if aug_level is None or not torch.is_tensor(aug_level) or aug_level.shape != (B,):
+                raise ValueError(f"this UNet is conditioned on the augmentation noise level: pass aug_level [B] "
+                                 f"= ({B},) (a timestep; 0 = no augmentation)")
+        elif aug_level is not None:
+            raise ValueError("this UNet takes no aug_level (aug_conditioning=False)")
+
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> None:
         if not torch.is_tensor(x) or x.ndim != 4:
             got = f"shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
@@ -281,16 +344,28 @@ class UNet(nn.Module):
         check_t_and_y("UNet", B, t, y, self.num_classes)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, C, H, W] float, t [B] (long or float timesteps), y [B] long in [0, num_classes] or None."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                low_res: torch.Tensor | None = None, aug_level: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, H, W] float, t [B] (long or float timesteps), y [B] long in [0, num_classes] or None; the
+        conditioning extras as in the module docstring (context [B, L, D] + context_mask [B, L], low_res,
+        aug_level), each required exactly when the model was built for it."""
         self._check_inputs(x, t, y)
+        self._check_conditioning(x, context, context_mask, low_res, aug_level)
         emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype))
         if self.class_emb is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
             emb = emb + self.class_emb(y)
+        if self.aug_mlp is not None:
+            emb = emb + self.aug_mlp(timestep_embedding(aug_level, self.base_channels).to(x.dtype))
 
-        h = self.conv_in(x)
+        def attend(block, h):
+            if isinstance(block, SpatialTransformer):
+                return block(h, context.to(h.dtype), context_mask)
+            return block(h)
+
+        h = self.conv_in(x if low_res is None else torch.cat([x, low_res.to(x.dtype)], dim=1))
         skips = [h]
         for layer in self.down:
             if isinstance(layer, Downsample):
@@ -298,11 +373,11 @@ class UNet(nn.Module):
             else:
                 h = layer[0](h, emb)
                 for a in layer[1:]:
-                    h = a(h)
+                    h = attend(a, h)
             skips.append(h)
 
         h = self.mid[0](h, emb)
-        h = self.mid[1](h)
+        h = attend(self.mid[1], h)
         h = self.mid[2](h, emb)
 
         for layer in self.up:
@@ -311,7 +386,7 @@ class UNet(nn.Module):
             else:
                 h = layer[0](torch.cat([h, skips.pop()], dim=1), emb)
                 for a in layer[1:]:
-                    h = a(h)
+                    h = attend(a, h)
 
         return self.conv_out(F.silu(self.norm_out(h)))
 

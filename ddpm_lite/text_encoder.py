@@ -1,0 +1,107 @@
+"""The frozen text encoder of text-to-image diffusion: a CLIP's text tower, alone.
+
+Stable Diffusion conditions its U-Net on the per-token states of CLIP's text encoder (a frozen, pretrained
+model); Imagen (Saharia et al. 2022) showed that a frozen text encoder works, and that making *it* bigger
+helps more than making the U-Net bigger. Here the encoder is the text tower of notebook 09's CLIP
+(`ddpm_lite.clip.CLIP`): its tokenizer and causal transformer, whose final LayerNorm'd states
+[B, L, width] the U-Net cross-attends to (before CLIP's projection into the joint space, as Stable
+Diffusion uses CLIP's last hidden states). `CLIPTextEncoder.from_clip(clip)` copies them out, so a text-to-
+image checkpoint carries only the text tower (its `text_encoder/` folder, about 1 MB), not the image tower.
+
+`encode(prompts)` returns a `conditioning.TextCondition` with the empty prompt's encoding attached (the
+unconditional branch of classifier-free guidance). Unknown words raise a `ValueError` naming them (with
+``unknown="error"``, the default here: a prompt should not silently lose words) or become <unk>.
+Encodings are cached per prompt (`cache_size` entries; training captions repeat), which is exact because the
+encoder is frozen: `requires_grad` is off and `train()` keeps it in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+
+from .clip import TextEncoder
+from .conditioning import TextCondition
+from .tokenizer import Tokenizer
+
+
+class CLIPTextEncoder(nn.Module):
+    """Tokenizer + causal transformer of a CLIP; `forward(prompts)` -> (states [B, L, width], mask [B, L])."""
+
+    def __init__(self, vocab, context_length: int = 32, width: int = 128, layers: int = 3, heads: int = 4,
+                 source: str | None = None, cache_size: int = 20000):
+        super().__init__()
+        self.config = dict(vocab=list(vocab), context_length=context_length, width=width, layers=layers,
+                           heads=heads, source=source)
+        self.tokenizer = Tokenizer(vocab, context_length)
+        self.text_encoder = TextEncoder(len(self.tokenizer), context_length, width, layers, heads)
+        self.width = width
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_clip(cls, clip, source: str | None = None) -> "CLIPTextEncoder":
+        """The text tower of a trained `CLIP` (weights copied)."""
+        c = clip.config
+        enc = cls(c["vocab"], c["context_length"], c["text_width"], c["text_layers"], c["text_heads"], source=source)
+        enc.text_encoder.load_state_dict(clip.text_encoder.state_dict())
+        return enc.to(clip.logit_scale.device)
+
+    def train(self, mode: bool = True) -> "CLIPTextEncoder":
+        return super().train(False)  # frozen: always in eval mode (so cached encodings stay exact)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache.clear()  # weights moved or cast: cached encodings are stale
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._cache.clear()
+        return super().load_state_dict(*args, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_encoder.positional_embedding.device
+
+    def check_prompts(self, prompts) -> None:
+        """Raise a ValueError naming the words the tokenizer does not know (they would become <unk>)."""
+        for p in prompts:
+            unknown = self.tokenizer.unknown_words(p)
+            if unknown:
+                raise ValueError(f"prompt {p!r}: unknown word{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(repr(w) for w in unknown)}. The text encoder knows "
+                                 f"{len(self.tokenizer.vocab)} words: {' '.join(self.tokenizer.vocab)}")
+
+    @torch.no_grad()
+    def forward(self, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.tokenizer.encode(prompts).to(self.device)
+        states = self.text_encoder(ids)
+        mask = torch.arange(ids.shape[1], device=ids.device)[None] <= self.tokenizer.end_positions(ids)[:, None]
+        return states, mask
+
+    @torch.no_grad()
+    def _encode_cached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            states, mask = self(missing)
+            for p, s, m in zip(missing, states, mask):
+                self._cache[p] = (s, m)
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        pairs = [self._cache[p] for p in prompts]
+        return torch.stack([s for s, _ in pairs]), torch.stack([m for _, m in pairs])
+
+    def encode(self, prompts, unknown: str = "error") -> TextCondition:
+        """A `TextCondition` for a prompt or a list of prompts, with the empty prompt as its null."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if unknown == "error":
+            self.check_prompts(prompts)
+        elif unknown != "unk":
+            raise ValueError(f"unknown={unknown!r}: expected 'error' or 'unk'")
+        states, mask = self._encode_cached(prompts + [""])
+        return TextCondition(states[:-1], mask[:-1], states[-1], mask[-1], prompts)
