@@ -312,8 +312,12 @@ def _train(args, objective: str | None = None) -> int:
     if trainer.is_main:
         n_params = sum(p.numel() for p in trainer.raw_model.parameters())
         where = trainer.out_dir if trainer.out_dir is not None else "(memory)"
-        latent = (f" latents {list(trainer.sample_shape)} (std {trainer.latent_std:.3g}) of"
-                  if trainer.autoencoder is not None else "")
+        latent = ""
+        if trainer.autoencoder is not None:
+            std = f" (std {trainer.latent_std:.3g})" if trainer.latent_std is not None else " (encoded per batch)"
+            latent = f" latents {list(trainer.sample_shape)}{std} of"
+        if trainer.text_encoder is not None:
+            latent = f" prompts ({trainer.config.text_encoder}) ->" + latent
         print(f"training {type(trainer.raw_model).__name__} ({n_params / 1e6:.2f}M parameters) on{latent} "
               f"{trainer.config.dataset} with {trainer.device}, world size {trainer.dist.world_size}, "
               f"from step {trainer.step}; writing to {where}", flush=True)
