@@ -733,3 +733,168 @@ def plot_signal_fraction(alphas_cumprod, stds: Mapping[str, float], ax=None):
 
 
 __all__ += ["plot_latent_channels", "plot_signal_fraction"]
+
+
+# ==============================================================================================================
+# --- notebook 09 ---
+# CLIP: images with their captions, the image/caption similarity matrix, a measured attribute's histogram with
+# its thresholds, and the scores a CLIP gives each candidate caption of an image
+# ==============================================================================================================
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(text), width, break_on_hyphens=False, break_long_words=False)) or str(text)
+
+
+def _grey(image: np.ndarray) -> tuple[np.ndarray, dict]:
+    """One C×H×W image in [−1, 1] as an imshow array in [0, 1] and its keyword arguments."""
+    img = np.clip((image.transpose(1, 2, 0) + 1) / 2, 0, 1)
+    if img.shape[-1] == 1:
+        return img[..., 0], {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
+    return img, {}
+
+
+def show_captioned_images(images, captions: Sequence[str], ncols: int | None = None, size: float = 1.25,
+                          wrap: int = 18, fontsize: float = 7.5, title: str | None = None):
+    """Images (``B×C×H×W`` in [−1, 1]) in a grid, each with its caption (or any text) wrapped to ``wrap``
+    characters below it. ``ncols`` defaults to all images in one row. Returns the ``Figure``; image i is
+    drawn on ``fig.axes[i]`` and its caption is that axes' x label."""
+    x = to_numpy(images)
+    if x.ndim != 4:
+        raise ValueError(f"images must be B×C×H×W, got shape {x.shape}")
+    captions = [str(c) for c in captions]
+    if len(captions) != x.shape[0]:
+        raise ValueError(f"one caption per image: {x.shape[0]} images, {len(captions)} captions")
+    ncols = x.shape[0] if ncols is None else int(ncols)
+    nrows = int(math.ceil(x.shape[0] / ncols))
+    lines = max(c.count("\n") + 1 for c in (_wrap(c, wrap) for c in captions))
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(size * ncols,
+                             nrows * (size + 0.16 * lines * fontsize / 7.5 + 0.1) + (0.3 if title else 0.0)))
+    for k, ax in enumerate(axes.ravel()):
+        if k < x.shape[0]:
+            img, kw = _grey(x[k])
+            ax.imshow(img, interpolation="nearest", **kw)
+            ax.set_xlabel(_wrap(captions[k], wrap), fontsize=fontsize)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+        else:
+            ax.remove()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_similarity_matrix(sim, images=None, captions: Sequence[str] | None = None, ax=None,
+                           title: str | None = None, annotate: bool = True, fmt: str = "{:.0f}", wrap: int = 38,
+                           vmin: float | None = None, vmax: float | None = None):
+    """Heat map of an image/caption matrix ``sim`` [N images, M captions] (cosine similarities or logits),
+    drawn with **captions as rows** (their text as the y tick labels, readable horizontally; ``captions=None``
+    leaves them off, e.g. for a second panel beside the first) and **images as columns** (thumbnails above
+    the matrix when ``images``, ``N×C×H×W`` in [−1, 1], is given). Matching pairs on the diagonal are
+    outlined when N = M. The value of each cell is written in it (``annotate``, formatted with ``fmt``).
+    Returns the ``Axes``; the heat map is ``ax.images[0]``, holding ``sim.T``."""
+    s = to_numpy(sim).astype(float)
+    if s.ndim != 2:
+        raise ValueError(f"sim must be [images, captions], got shape {s.shape}")
+    n, m = s.shape
+    if captions is not None and len(captions) != m:
+        raise ValueError(f"one caption per column of sim: {m} columns, {len(captions)} captions")
+    x = None if images is None else to_numpy(images)
+    if x is not None and (x.ndim != 4 or x.shape[0] != n):
+        raise ValueError(f"images must be N×C×H×W with N = {n} (the rows of sim), got shape {x.shape}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.42 * n + (2.6 if captions is not None else 0.4), 0.42 * m + 0.9))
+    lo = float(s.min()) if vmin is None else vmin
+    hi = float(s.max()) if vmax is None else vmax
+    heat = ax.imshow(s.T, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest",
+                     extent=(-0.5, n - 0.5, m - 0.5, -0.5))
+    if annotate:
+        mid = (lo + hi) / 2
+        for i in range(n):
+            for j in range(m):
+                text = fmt.format(s[i, j])
+                if text.startswith("-") and not text.strip("-0.,"):   # "-0" reads as a negative number
+                    text = text[1:]
+                ax.text(i, j, text, ha="center", va="center", fontsize=6.5,
+                        color="black" if s[i, j] > mid else "white")
+    if n == m:
+        from matplotlib.patches import Rectangle
+
+        for i in range(n):
+            ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.2))
+    top = -0.5
+    if x is not None:
+        for i in range(n):
+            img, kw = _grey(x[i])
+            ax.imshow(img, extent=(i - 0.45, i + 0.45, -0.6, -1.5), interpolation="nearest", **kw)
+        top = -1.55
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(m - 0.5, top)
+    ax.set_xticks(range(n), [str(i) for i in range(n)], fontsize=7)
+    ax.set_xlabel("image", fontsize=8)
+    if captions is not None:
+        ax.set_yticks(range(m), [_wrap(c, wrap) for c in captions], fontsize=7)
+    else:
+        ax.set_yticks([])
+    ax.tick_params(length=0)
+    ax.grid(False)
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_threshold_histogram(values, thresholds: Mapping[str, float], ax=None, bins: int = 50,
+                             xlabel: str | None = None, title: str | None = None):
+    """Histogram of a measured quantity (``values``, e.g. the stroke thickness of every training digit) with
+    each threshold (label → value) drawn as a labelled vertical line. Returns the ``Axes``."""
+    v = to_numpy(values).astype(float).ravel()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 2.4))
+    ax.hist(v, bins=bins, color="0.6")
+    for k, (label, t) in enumerate(thresholds.items()):
+        ax.axvline(float(t), color=f"C{k + 1}", lw=1.5, ls="--", label=f"{label}: {float(t):.2f}")
+    ax.legend(fontsize=7)
+    ax.set(xlabel=xlabel or "", ylabel="images")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_caption_scores(images, captions: Sequence[str], scores, top: int | None = None, wrap: int = 50,
+                        xlabel: str = "probability"):
+    """For each image (``B×C×H×W`` in [−1, 1]), its scores (``scores`` [B, M], e.g. a softmax over the M
+    candidate ``captions``) as horizontal bars, highest first (the ``top`` best only, if given), beside the
+    image. Returns the ``Figure``: image i on ``fig.axes[2 i]``, its bars on ``fig.axes[2 i + 1]``."""
+    x = to_numpy(images)
+    p = to_numpy(scores).astype(float)
+    if x.ndim != 4 or p.ndim != 2 or p.shape[0] != x.shape[0] or p.shape[1] != len(captions):
+        raise ValueError(f"expected images B×C×H×W and scores [B, len(captions)], got {x.shape}, {p.shape} and "
+                         f"{len(captions)} captions")
+    b = x.shape[0]
+    k = p.shape[1] if top is None else min(int(top), p.shape[1])
+    fig, axes = plt.subplots(b, 2, figsize=(6.0, b * max(1.0, 0.2 * k + 0.3)), squeeze=False,
+                             gridspec_kw={"width_ratios": (1, 4.5)})
+    for i in range(b):
+        img, kw = _grey(x[i])
+        axes[i, 0].imshow(img, interpolation="nearest", **kw)
+        axes[i, 0].set_axis_off()
+        order = np.argsort(-p[i])[:k]
+        ax = axes[i, 1]
+        ax.barh(range(k), p[i, order], color=["C1"] + ["C0"] * (k - 1))
+        ax.set_yticks(range(k), [_wrap(captions[j], wrap) for j in order], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(1.0, float(p.max())) if xlabel == "probability" else None)
+        ax.tick_params(axis="x", labelsize=7)
+        if i == b - 1:
+            ax.set_xlabel(xlabel, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["show_captioned_images", "plot_similarity_matrix", "plot_threshold_histogram", "plot_caption_scores"]

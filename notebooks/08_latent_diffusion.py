@@ -563,8 +563,9 @@ assert ours == 4 and sd_pixels // sd_latent == 48
 #
 # ## What comes next
 #
-# The next notebook, not published yet, replaces the class label by **text**: a CLIP text encoder, cross-attention
-# in the U-Net, and classifier-free guidance on prompts, the last piece of Stable Diffusion's diagram in section 8.
+# The class label gives way to **text**. Notebook 09 trains the text encoder from scratch, a CLIP on captioned
+# digits; the notebook after it feeds that encoder's per-token states to the U-Net through cross-attention, with
+# classifier-free guidance on prompts, the last piece of Stable Diffusion's diagram in section 8.
 #
 # **References.** R. Rombach, A. Blattmann, D. Lorenz, P. Esser, B. Ommer, *High-Resolution Image Synthesis
 # with Latent Diffusion Models*, CVPR 2022 (Fig. 2, §3, §4.3.2, App. G). D. P. Kingma, M. Welling,

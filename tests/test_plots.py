@@ -162,3 +162,54 @@ def test_plot_signal_fraction_curves():
     assert unit[0] > 0.99 and unit[-1] < 1e-3           # from all signal to (almost) all noise
     assert np.all(wide >= unit)                          # wider data keeps more signal at every t
     plt.close("all")
+
+
+# -- CLIP (notebook 09) ----------------------------------------------------------------------------------------------
+
+def test_show_captioned_images_one_axes_per_image_with_its_caption():
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    caps = ["a seven", "a thick upside-down two, shifted to the left", "a three", "a one", "a small nine"]
+    fig = plots.show_captioned_images(x, caps, ncols=3)
+    assert len(fig.axes) == 5                                         # the sixth, empty slot is removed
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array(), (x[1, 0].numpy() + 1) / 2, rtol=1e-6)
+    assert fig.axes[1].get_xlabel().replace("\n", " ") == caps[1]     # wrapped, not cut
+    assert max(len(line) for line in fig.axes[1].get_xlabel().splitlines()) <= 18
+    with pytest.raises(ValueError, match="one caption per image"):
+        plots.show_captioned_images(x, caps[:2])
+
+
+def test_plot_similarity_matrix_captions_as_rows_images_as_columns():
+    sim = torch.tensor([[3.0, -0.2, 1.0], [0.5, 2.0, -1.0]])          # 2 images × 3 captions
+    x = torch.zeros(2, 1, 8, 8)
+    ax = plots.plot_similarity_matrix(sim, x, ["a one", "a two", "a three"], title="t")
+    np.testing.assert_allclose(ax.images[0].get_array(), sim.T.numpy())   # captions are the rows
+    assert len(ax.images) == 1 + 2                                     # heat map + one thumbnail per image
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a one", "a two", "a three"]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[:3] == ["3", "0", "1"] and "-0" not in texts          # values written in; no "-0"
+    square = plots.plot_similarity_matrix(torch.eye(4), annotate=False)
+    assert len(square.patches) == 4 and not square.texts and not square.get_yticks().size  # diagonal outlined
+    with pytest.raises(ValueError, match="one caption per column"):
+        plots.plot_similarity_matrix(sim, captions=["a one"])
+    with pytest.raises(ValueError, match="images"):
+        plots.plot_similarity_matrix(sim, torch.zeros(3, 1, 8, 8))
+
+
+def test_plot_threshold_histogram_draws_each_threshold():
+    ax = plots.plot_threshold_histogram(torch.randn(200), {"thin": -0.5, "thick": 0.5}, bins=20, xlabel="w")
+    assert sum(p.get_height() for p in ax.patches) == 200
+    assert [line.get_xdata()[0] for line in ax.lines] == [-0.5, 0.5]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["thin: -0.50", "thick: 0.50"]
+
+
+def test_plot_caption_scores_sorted_bars_per_image():
+    x = torch.zeros(2, 1, 8, 8)
+    caps = ["a one", "a two", "a three", "a four"]
+    p = torch.tensor([[0.1, 0.6, 0.2, 0.1], [0.7, 0.05, 0.05, 0.2]])
+    fig = plots.plot_caption_scores(x, caps, p, top=3)
+    bars = fig.axes[1]
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["a two", "a three", "a one"]   # highest first
+    np.testing.assert_allclose([r.get_width() for r in bars.patches], [0.6, 0.2, 0.1], rtol=1e-6)
+    assert [t.get_text() for t in fig.axes[3].get_yticklabels()][0] == "a one"
+    with pytest.raises(ValueError, match="scores"):
+        plots.plot_caption_scores(x, caps[:3], p)
