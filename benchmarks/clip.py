@@ -17,6 +17,10 @@ On the held-out test split of the CLIP's dataset (mnist5k: 1000 digits it never 
   images that show that class (precision@k; image → text retrieval over the class prompts is the zero-shot
   accuracy above).
 
+* **which digit is it** under a held-out transformation: zero-shot with templates naming the transformation
+  ("an upside-down {}"), for the held-out digit and, as a control, for the other digits so transformed. The
+  probe above only asks "upright or upside down?" of a digit the caption already names, which is easier.
+
 The issue's targets: zero-shot ≥ 95%, every attribute ≥ 90%.
 """
 
@@ -91,6 +95,26 @@ def main(argv=None) -> dict:
                               if t in {"orientation": ("upside_down",), "colours": ("inverted",),
                                        "size": ("small",), "position": ("shift_left", "shift_right")}[attribute])
             print(f"  {attribute:<12} ({pairs}): {r['accuracy']:.3f} (n = {r['n']})")
+
+    # reading the digit under a transformation: zero-shot with templates that name the transformation. The
+    # probes above only ask "upright or upside down?" of a digit the caption already names; this asks which
+    # digit it is, for the held-out pairs and, as a control, for the other digits under the same transformation
+    reading = {}
+    templates = {"upside_down": ("an upside-down {}",), "inverted": ("the digit {}, black on white",),
+                 "small": ("a small {}",)}
+    for transform, k in cap.HELD_OUT:
+        shown = cap.transform_images(x, [(transform,)] * len(y))
+        pred = model.zero_shot_classify(shown, cap.NUMBER_WORDS, templates[transform]).argmax(1)
+        held = y == k
+        reading[f"{transform} {cap.NUMBER_WORDS[k]}"] = {
+            "held_out": float((pred[held] == k).float().mean()),
+            "other_digits": float((pred[~held] == y[~held]).float().mean()),
+            "read_as": cap.NUMBER_WORDS[int(pred[held].mode().values)]}
+    results["held_out_reading"] = reading
+    print("\nwhich digit is it, under the transformation (zero-shot, templates naming the transformation):")
+    for name, r in reading.items():
+        print(f"  {name:<20} held-out digit read right {r['held_out']:.3f} (most often as {r['read_as']!r}); "
+              f"the other digits so transformed {r['other_digits']:.3f}")
 
     with torch.no_grad():
         img = model.encode_image(x)

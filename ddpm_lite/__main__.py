@@ -34,7 +34,8 @@ and choices from the field's metadata), so every setting of a run is reachable, 
 
 Optional numbers take `none`; booleans come as `--flag / --no-flag`; dicts as JSON. A flag that is not given
 keeps TrainConfig's default (so batch size, LR and min-SNR γ come from the recipe, `ddpm_lite.train.RECIPES`);
-with `--resume` only the flags given override the saved config.
+with `--resume` only the flags given override the saved config. `--max-steps N` without `--max-seconds` runs N
+steps with no time limit (the default 60-second limit applies only when neither is given).
 
 Bad input (a wrong checkpoint path, labels out of range, an unknown dataset, preset or sampler, bad JSON)
 prints one line `ddpm_lite: error: ...` and exits with status 2. Training that meets NaN/inf data or a NaN
@@ -303,6 +304,8 @@ def _train(args, objective: str | None = None) -> int:
     if objective is not None:
         given["objective"] = objective
     resume = given.pop("resume", None)
+    if given.get("max_steps") is not None and "max_seconds" not in given:
+        given["max_seconds"] = None  # a step count alone means "run that many steps", not "... or 60 s"
     base_channels = getattr(args, "base_channels", None)
     try:
         if resume is not None:

@@ -121,3 +121,65 @@ class TextToImageObjective:
             cond = SuperResCondition(low, level, cond)
             return self.diffusion.training_losses(model, images, y=cond, generator=generator)
         return self.diffusion.training_losses(model, self.prepare(images), y=cond, generator=generator)
+
+
+# -- measuring what a text-to-image model draws -------------------------------------------------------------------
+
+# (attribute, value index) -> the transformation that shows it; undone before classifying the digit
+_SHOWN_BY = {("orientation", 1): "upside_down", ("colours", 1): "inverted", ("position", 0): "shift_left",
+             ("position", 1): "shift_right", ("size", 1): "small"}
+
+
+def undo_transforms(images: torch.Tensor, transform: str | None) -> torch.Tensor:
+    """Map digits drawn with a transformation back to a plain upright white-on-black digit, so the 28×28
+    classifier can read them: rotate back, invert back, shift back, or crop the centre of a small digit and
+    scale it up again."""
+    if transform is None:
+        return images
+    if transform == "upside_down":
+        return images.flip(-1).flip(-2)
+    if transform == "inverted":
+        return -images
+    if transform in ("shift_left", "shift_right"):
+        dx = cap.shift_pixels(images.shape[-1])
+        return cap._shift(images, dx if transform == "shift_left" else -dx)
+    if transform == "small":
+        H, W = images.shape[-2:]
+        h, w = round(H * cap.SMALL_SCALE), round(W * cap.SMALL_SCALE)
+        top, left = (H - h) // 2, (W - w) // 2
+        return F.interpolate(images[..., top:top + h, left:left + w], size=(H, W), mode="bilinear",
+                             align_corners=False)
+    raise ValueError(f"unknown transformation {transform!r}")
+
+
+def measured_value(images: torch.Tensor, attribute: str, medians: dict) -> torch.Tensor:
+    """Index (0 or 1, as in `captions.ATTRIBUTES`) of the value each image shows, measured from its pixels:
+    thickness / slant against the training data's medians (`medians["thickness"]`, `medians["slant"]`);
+    colours by the mean grey level (> 0: black on white); position by the ink's centre of mass (left or right
+    half, against the centre); size by the ink's height (< 57% of the image: small). Orientation cannot be
+    measured this simply: judge it with a CLIP (`clip_judge`)."""
+    if attribute == "thickness":
+        return (cap.stroke_thickness(images) > medians["thickness"]).long()
+    if attribute == "slant":
+        return (cap.slant(images) > medians["slant"]).long()
+    if attribute == "colours":
+        return (images.float().mean((1, 2, 3)) > 0).long()
+    ink = ((images[:, 0].float() + 1) / 2).clamp(0, 1)
+    if attribute == "position":
+        W = images.shape[-1]
+        cx = (ink.sum(1) * torch.arange(W, dtype=ink.dtype)).sum(1) / ink.sum((1, 2)).clamp_min(1e-6)
+        return (cx > (W - 1) / 2).long()
+    if attribute == "size":
+        rows = (ink > 0.5).any(2).float()
+        idx = torch.arange(images.shape[-2], dtype=torch.float32)
+        top = torch.where(rows > 0, idx, torch.full_like(idx, 1e9)).amin(1)
+        bottom = torch.where(rows > 0, idx, torch.full_like(idx, -1)).amax(1)
+        return ((bottom - top + 1) < 0.57 * images.shape[-2]).long()
+    raise ValueError(f"attribute {attribute!r} is not measured from pixels: use clip_judge")
+
+
+@torch.no_grad()
+def clip_judge(clip, images: torch.Tensor, label: int, attribute: str) -> torch.Tensor:
+    """Index (0 or 1) of the opposite caption (`captions.probe_captions`) a CLIP prefers for each image."""
+    texts = clip.encode_text(list(cap.probe_captions(attribute, label)))
+    return (clip.encode_image(images) @ texts.t()).argmax(1).cpu()

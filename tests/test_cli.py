@@ -372,3 +372,14 @@ def test_sample_edit_errors_are_one_line(run_dir, tmp_path, capsys, flags, messa
                  "--out", str(tmp_path / "x.png"), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_max_steps_alone_means_no_time_limit(tmp_path):
+    # `--max-steps N` must not silently stop at the default 60 s; both given: both apply
+    from ddpm_lite.checkpoint import load_trainer_state
+
+    for extra, expected in (([], None), (["--max-seconds", "500"], 500.0)):
+        out = tmp_path / f"run{len(extra)}"
+        assert main(["train", "--max-steps", "2", "--batch-size", "8", "--base-channels", "8", "--no-progress",
+                     "--sample-every", "0", "--sample-n", "2", "--sample-steps", "1", "--out", str(out), *extra]) == 0
+        assert load_trainer_state(out)["config"]["max_seconds"] == expected
