@@ -225,10 +225,12 @@ def test_cascade_base_and_super_resolution(clip_dir, tmp_path):
     assert sr.raw_model.config["low_res_channels"] == 1 and "context_dim" not in sr.raw_model.config
     assert sr.sample(n=2).shape == (2, 1, 8, 8)
     cascade = tmp_path / "cascade"
-    cascade.mkdir()
-    for name in ("base", "sr"):
-        assert main(["export", "--checkpoint", str(tmp_path / name), "--out", str(cascade / name), "--ema-only"]) == 0
-    save_cascade(cascade, "base", "sr", aug_level=30)
+    assert main(["cascade", "--base", str(tmp_path / "base"), "--super-resolution", str(tmp_path / "sr"),
+                 "--out", str(cascade), "--aug-level", "30", "--fp16"]) == 0
+    assert main(["cascade", "--base", str(tmp_path / "sr"), "--super-resolution", str(tmp_path / "base"),
+                 "--out", str(tmp_path / "wrong")]) == 2
+    with pytest.raises(ckpt.CheckpointError, match="export the stage there first"):
+        save_cascade(tmp_path / "wrong", "base", "sr")
     pipe = TextToImage.from_pretrained(cascade)
     out = pipe(["a seven", "a two"], steps=2, generator=torch.Generator().manual_seed(0), return_stages=True)
     assert out["base"].shape == (2, 1, 4, 4) and out["images"].shape == (2, 1, 8, 8) and pipe.aug_level == 30
