@@ -271,3 +271,17 @@ def test_cli_samples_from_prompts_and_names_unknown_words(clip_dir, tmp_path, ca
     assert main(["sample", "--checkpoint", str(tmp_path / "run"), "--prompt", "a seven", "--labels", "1",
                  "--out", str(tmp_path / "y.png")]) == 2
     assert "--labels does not apply" in capsys.readouterr().err
+
+
+def test_text_encoder_cache_evicts_least_recently_used_and_stays_exact(clip_dir):
+    enc = ckpt.load_text_encoder(clip_dir)
+    enc.cache_size = 3
+    words = ["a zero", "a one", "a two", "a three", "a four"]
+    fresh = {w: enc(w)[0][0] for w in words + [""]}
+    for i in range(20):  # more distinct prompts than the cache holds, the empty prompt in every call
+        batch = [words[i % 5], words[(i * 3) % 5]]
+        cond = enc.encode(batch)
+        assert len(enc._cache) <= 3
+        for w, states in zip(batch, cond.context):
+            assert torch.allclose(states, fresh[w], atol=1e-6)
+        assert torch.allclose(cond.null_context, fresh[""], atol=1e-6)
