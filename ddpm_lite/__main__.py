@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = _Parser(prog=PROG, description="Train and sample DDPMs (ddpm_lite).", formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,export,train-autoencoder,train-clip}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,export,train-autoencoder,train-clip,cascade}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a diffusion model", formatter_class=fmt,
@@ -291,6 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ship only the EMA weights (the ones sampling uses), as model.safetensors: half the size")
     e.add_argument("--fp16", action="store_true",
                    help="store the weights in float16 (half the size again); they load back into float32")
+
+    c = sub.add_parser("cascade", help="join a base and a super-resolution run into one text-to-image cascade",
+                       formatter_class=fmt,
+                       description="Export a text-conditioned base run (`train --text-encoder ... --resolution N`) "
+                                   "and a super-resolution run (`train --low-res N`) into OUT/base and "
+                                   "OUT/super_resolution (EMA weights only) and write OUT/pipeline.json, so "
+                                   "`sample --checkpoint OUT --prompt ...` and TextToImage.from_pretrained(OUT) run "
+                                   "the whole cascade (mini Imagen).")
+    c.add_argument("--base", required=True, help="the base stage's run or checkpoint directory")
+    c.add_argument("--super-resolution", required=True, help="the super-resolution stage's run or checkpoint")
+    c.add_argument("--out", required=True, help="directory for the cascade")
+    c.add_argument("--aug-level", type=int, default=None,
+                   help="noise-augmentation timestep the super-resolution stage is told when sampling "
+                        "(default: ddpm_lite.pipeline.DEFAULT_AUG_LEVEL)")
+    c.add_argument("--fp16", action="store_true", help="store the weights in float16")
     return parser
 
 
@@ -672,6 +687,35 @@ def _export(args) -> int:
     return 0
 
 
+def _cascade(args) -> int:
+    from . import checkpoint as ckpt
+    from .pipeline import DEFAULT_AUG_LEVEL, TextToImage, save_cascade
+
+    try:
+        base = ckpt.load_config(args.base)
+        sr = ckpt.load_config(args.super_resolution)
+        if not base.get("extra", {}).get(ckpt.TEXT_ENCODER_SUBDIR):
+            raise UsageError(f"--base {args.base} is not text-conditioned: train it with --text-encoder")
+        if not sr["model_config"].get("low_res_channels"):
+            raise UsageError(f"--super-resolution {args.super_resolution} is not a super-resolution model: train "
+                             f"it with --low-res")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        fp16 = ["--fp16"] if args.fp16 else []
+        for src, name in ((args.base, "base"), (args.super_resolution, "super_resolution")):
+            code = _export(build_parser().parse_args(["export", "--checkpoint", src, "--out", str(out / name),
+                                                      "--ema-only", *fp16]))
+            if code:
+                return code
+        aug = DEFAULT_AUG_LEVEL if args.aug_level is None else args.aug_level
+        save_cascade(out, "base", "super_resolution", aug_level=aug, name=out.name)
+        pipe = TextToImage.from_pretrained(out)  # it loads
+    except ValueError as e:
+        return _fail(e)
+    print(f"wrote the cascade {out}: {pipe!r}, super-resolution told aug level {aug}")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------------------
 
 def _fail(err: Exception, status: int = 2) -> int:
@@ -692,6 +736,8 @@ def main(argv=None) -> int:
         return _train(args, objective="autoencoder")
     if args.command == "train-clip":
         return _train(args, objective="clip")
+    if args.command == "cascade":
+        return _cascade(args)
     return _sample(args)
 
 

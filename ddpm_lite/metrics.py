@@ -14,6 +14,7 @@ What is here, and what each number means:
     precision_recall                    k-NN manifold precision and recall (Kynkäänniemi et al. 2019)
     evaluate_samples                    accuracy, FD, its real-data floor, precision, recall, in one dict
     within_class_spread, saturated_fraction   diversity within classes and clipping saturation (notebook 07)
+    nearest_neighbours                  each sample's nearest training image in pixel space: does a model copy?
 
 The classifier itself (network, training, its files in assets/classifiers/) is `ddpm_lite.classifier`;
 `load_classifier` is re-exported here because the notebooks call `metrics.load_classifier`. The likelihood
@@ -371,6 +372,40 @@ def within_class_spread(features, labels) -> float:
 
 
 __all__ += ["within_class_spread"]
+
+
+# -- memorisation: is a sample a copy of a training image? (notebook 06) ---------------------------------------
+
+class Neighbours(NamedTuple):
+    distances: torch.Tensor  # [N] Euclidean distance to the nearest reference, in pixel units of [-1, 1]
+    indices: torch.Tensor    # [N] index of that reference
+
+
+def nearest_neighbours(queries, references, batch_size: int = 1024) -> Neighbours:
+    """For every query image, its nearest reference image in pixel space (Euclidean distance over all pixels,
+    images flattened). Comparing these distances for generated samples with those for held-out real images
+    (both against the training set) shows whether a model copies: a memorising model's samples sit much
+    closer to a training image than new real digits do (Carlini et al. 2023, "Extracting Training Data from
+    Diffusion Models", use the same nearest-neighbour test)."""
+    q = _as_float64(queries, "queries").flatten(1)
+    r = _as_float64(references, "references").flatten(1)
+    if q.shape[1] != r.shape[1]:
+        raise ValueError(f"queries and references must have the same image size, got {q.shape[1]} and "
+                         f"{r.shape[1]} values per image")
+    if r.shape[0] == 0:
+        raise ValueError("references: need at least one image")
+    dists, idx = [], []
+    for chunk in q.split(batch_size):
+        d = torch.cdist(chunk, r)
+        best = d.min(1)
+        dists.append(best.values)
+        idx.append(best.indices)
+    if not dists:
+        return Neighbours(torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+    return Neighbours(torch.cat(dists), torch.cat(idx))
+
+
+__all__ += ["Neighbours", "nearest_neighbours"]
 
 
 SATURATION_TOL = 1e-3

@@ -89,9 +89,12 @@ class CLIPTextEncoder(nn.Module):
             states, mask = self(missing)
             for p, s, m in zip(missing, states, mask):
                 self._cache[p] = (s, m)
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        pairs = [self._cache[p] for p in prompts]
+        pairs = []
+        for p in prompts:  # least recently used last out: a hit moves to the end
+            self._cache.move_to_end(p)
+            pairs.append(self._cache[p])
+        while len(self._cache) > max(self.cache_size, 1):  # evict only after this call's prompts are read
+            self._cache.popitem(last=False)
         return torch.stack([s for s, _ in pairs]), torch.stack([m for _, m in pairs])
 
     def encode(self, prompts, unknown: str = "error") -> TextCondition:

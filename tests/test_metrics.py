@@ -200,3 +200,19 @@ def test_metrics_reexports_the_classifier_loader():
     # the notebooks call metrics.load_classifier; it is ddpm_lite.classifier's
     assert metrics.load_classifier is classifier.load_classifier
     assert metrics.ClassifierNotFoundError is classifier.ClassifierNotFoundError
+
+
+def test_nearest_neighbours_finds_copies_and_distances():
+    from ddpm_lite.metrics import nearest_neighbours
+
+    gen = torch.Generator().manual_seed(0)
+    train = torch.rand(50, 1, 8, 8, generator=gen) * 2 - 1
+    copies = train[[3, 17, 42]] + 0.01
+    nn = nearest_neighbours(copies, train, batch_size=2)
+    assert nn.indices.tolist() == [3, 17, 42]
+    assert torch.allclose(nn.distances, torch.full((3,), 0.01 * 8, dtype=torch.float64), atol=1e-6)
+    fresh = torch.rand(20, 1, 8, 8, generator=gen) * 2 - 1
+    brute = torch.stack([(train.flatten(1) - f.flatten()).norm(dim=1).min() for f in fresh]).double()
+    assert torch.allclose(nearest_neighbours(fresh, train).distances, brute, atol=1e-5)
+    with pytest.raises(ValueError, match="same image size"):
+        nearest_neighbours(fresh, torch.zeros(3, 1, 4, 4))

@@ -225,10 +225,12 @@ def test_cascade_base_and_super_resolution(clip_dir, tmp_path):
     assert sr.raw_model.config["low_res_channels"] == 1 and "context_dim" not in sr.raw_model.config
     assert sr.sample(n=2).shape == (2, 1, 8, 8)
     cascade = tmp_path / "cascade"
-    cascade.mkdir()
-    for name in ("base", "sr"):
-        assert main(["export", "--checkpoint", str(tmp_path / name), "--out", str(cascade / name), "--ema-only"]) == 0
-    save_cascade(cascade, "base", "sr", aug_level=30)
+    assert main(["cascade", "--base", str(tmp_path / "base"), "--super-resolution", str(tmp_path / "sr"),
+                 "--out", str(cascade), "--aug-level", "30", "--fp16"]) == 0
+    assert main(["cascade", "--base", str(tmp_path / "sr"), "--super-resolution", str(tmp_path / "base"),
+                 "--out", str(tmp_path / "wrong")]) == 2
+    with pytest.raises(ckpt.CheckpointError, match="export the stage there first"):
+        save_cascade(tmp_path / "wrong", "base", "sr")
     pipe = TextToImage.from_pretrained(cascade)
     out = pipe(["a seven", "a two"], steps=2, generator=torch.Generator().manual_seed(0), return_stages=True)
     assert out["base"].shape == (2, 1, 4, 4) and out["images"].shape == (2, 1, 8, 8) and pipe.aug_level == 30
@@ -269,3 +271,17 @@ def test_cli_samples_from_prompts_and_names_unknown_words(clip_dir, tmp_path, ca
     assert main(["sample", "--checkpoint", str(tmp_path / "run"), "--prompt", "a seven", "--labels", "1",
                  "--out", str(tmp_path / "y.png")]) == 2
     assert "--labels does not apply" in capsys.readouterr().err
+
+
+def test_text_encoder_cache_evicts_least_recently_used_and_stays_exact(clip_dir):
+    enc = ckpt.load_text_encoder(clip_dir)
+    enc.cache_size = 3
+    words = ["a zero", "a one", "a two", "a three", "a four"]
+    fresh = {w: enc(w)[0][0] for w in words + [""]}
+    for i in range(20):  # more distinct prompts than the cache holds, the empty prompt in every call
+        batch = [words[i % 5], words[(i * 3) % 5]]
+        cond = enc.encode(batch)
+        assert len(enc._cache) <= 3
+        for w, states in zip(batch, cond.context):
+            assert torch.allclose(states, fresh[w], atol=1e-6)
+        assert torch.allclose(cond.null_context, fresh[""], atol=1e-6)
