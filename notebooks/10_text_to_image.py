@@ -83,7 +83,7 @@ SWEEP_W = (0, 1, 3, 6, 10)   # section 3: the guidance weights of the sweep...
 SWEEP_N = 20             #   ...images per setting (2 of each digit); GPU: 200
 PERCENTILE = 0.95        #   ...dynamic thresholding's p for 196-pixel images (Imagen: 0.995 on 64×64×3)
 AUG_LEVELS = (0, 100, 250, 500)  # section 4: noise-augmentation timesteps s given to the super-resolution stage
-LIVE_STEPS = 200         # section 5: training steps of each of the two live text-to-image models (about 15 s each
+LIVE_STEPS = 200         # section 5: training steps of each of the two live text-to-image models (about 25 s each
                          #   here; 0 skips them). GPU: 2000, and a larger dataset than 8×8 digits
 HELD_N = 10              # section 6: images per held-out prompt; GPU: 100
 SEED = 0
