@@ -308,7 +308,15 @@ hook = layer.register_forward_hook(lambda m, args, out: seen.update(x=args[0], c
 z_t = torch.randn(1, 4, 7, 7, generator=torch.Generator().manual_seed(2))
 sd.model(z_t, torch.tensor([500]), **cond.model_kwargs())
 hook.remove()
-q, k, v = layer._heads(layer.to_q(seen["x"])), layer._heads(layer.to_k(seen["context"])), layer._heads(layer.to_v(seen["context"]))
+
+
+def split_heads(x):
+    """[B, N, heads·d] -> [B, heads, N, d]: each head attends with its own slice of the channels."""
+    return x.reshape(x.shape[0], x.shape[1], layer.num_heads, -1).transpose(1, 2)
+
+
+q = split_heads(layer.to_q(seen["x"]))                                                   # the 49 positions
+k, v = split_heads(layer.to_k(seen["context"])), split_heads(layer.to_v(seen["context"]))  # the 32 tokens
 out, weights = my_cross_attention(q, k, v, seen["mask"])
 B, heads, N, d = out.shape
 mine = layer.to_out(out.transpose(1, 2).reshape(B, N, heads * d))
@@ -572,8 +580,8 @@ if LIVE_STEPS:
               + ", ".join(f"{form!r} prompts {acc:.0%}" for form, acc in live[name].items()))
 
 if live:
-    plots.show_class_grid(torch.cat(live_images), n_rows=4, size_per_image=0.45,
-                          row_labels=[f"{e}: {f}" for e in ("pretrained", "random") for f in ("'a seven'", "'the digit 7'")])
+    plots.show_class_grid(torch.cat(live_images), n_rows=4, size_per_image=0.5,
+                          row_labels=[f"{e}: {f!r}" for e in ("pretrained", "random") for f in forms])
     plt.show()
     pretrained, scratch = live["pretrained CLIP text tower"], live["random text tower"]
     assert pretrained["the digit 7"] >= 0.85 and pretrained["the digit 7"] > scratch["the digit 7"] + 0.2, live
