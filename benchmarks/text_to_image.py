@@ -41,14 +41,14 @@ SYSTEMS = {"sd": "assets/checkpoints/mnist5k-sd", "imagen": "assets/checkpoints/
 def prompt_set(attributes) -> list[dict]:
     """Every prompt with what it asks: {"prompt", "label", "attribute", "value", "held_out"}."""
     from ddpm_lite import captions as cap
-    from ddpm_lite.text_to_image import _SHOWN_BY
+    from ddpm_lite.text_to_image import SHOWN_BY
 
     out = [{"prompt": f"a {cap.NUMBER_WORDS[k]}", "label": k, "attribute": None, "value": None, "held_out": False}
            for k in range(10)]
     for attribute in attributes:
         for value in (0, 1):
             for k in range(10):
-                shown = _SHOWN_BY.get((attribute, value))
+                shown = SHOWN_BY.get((attribute, value))
                 out.append({"prompt": cap.probe_captions(attribute, k)[value], "label": k, "attribute": attribute,
                             "value": value, "held_out": shown is not None and (shown, k) in cap.HELD_OUT})
     return out
@@ -56,7 +56,7 @@ def prompt_set(attributes) -> list[dict]:
 
 def evaluate(pipe, clip, classifier, prompts, medians, n, guidance, steps, seed, batch) -> dict:
     from ddpm_lite import metrics
-    from ddpm_lite.text_to_image import _SHOWN_BY, clip_judge, measured_value, undo_transforms
+    from ddpm_lite.text_to_image import SHOWN_BY, clip_judge, measured_value, undo_transforms
 
     texts = [p["prompt"] for p in prompts for _ in range(n)]
     gen = torch.Generator().manual_seed(seed)
@@ -67,7 +67,7 @@ def evaluate(pipe, clip, classifier, prompts, medians, n, guidance, steps, seed,
     rows = []
     for j, p in enumerate(prompts):
         x = images[j * n:(j + 1) * n]
-        shown = _SHOWN_BY.get((p["attribute"], p["value"])) if p["attribute"] else None
+        shown = SHOWN_BY.get((p["attribute"], p["value"])) if p["attribute"] else None
         digit = metrics.classify(undo_transforms(x, shown), classifier) == p["label"]
         obeyed = None
         if p["attribute"] == "orientation":

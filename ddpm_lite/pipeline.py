@@ -39,7 +39,8 @@ DEFAULT_AUG_LEVEL = 50  # the noise-augmentation timestep the super-resolution s
 
 class SuperResolutionStage:
     """A super-resolution diffusion model (UNet with `low_res_channels` and `aug_conditioning`) and its
-    diffusion, optionally text-conditioned (then it has a text encoder of its own... or shares the base's)."""
+    diffusion; text-conditioned only if its checkpoint carries a text encoder (Imagen's super-resolution models
+    are, Cascaded Diffusion Models' are not; the shipped mini Imagen's is not)."""
 
     def __init__(self, model, diffusion, text_encoder=None):
         if not model.config.get("low_res_channels"):

@@ -126,7 +126,7 @@ class TextToImageObjective:
 # -- measuring what a text-to-image model draws -------------------------------------------------------------------
 
 # (attribute, value index) -> the transformation that shows it; undone before classifying the digit
-_SHOWN_BY = {("orientation", 1): "upside_down", ("colours", 1): "inverted", ("position", 0): "shift_left",
+SHOWN_BY = {("orientation", 1): "upside_down", ("colours", 1): "inverted", ("position", 0): "shift_left",
              ("position", 1): "shift_right", ("size", 1): "small"}
 
 

@@ -233,7 +233,8 @@ assert last < first / 2, f"the loss should at least halve: {first:.3f} -> {last:
 # It averages over roughly the last $1/(1-d)$ steps, which smooths out the step-to-step noise of SGD. The trainer
 # keeps it in `trainer.ema.module` (the raw network is `trainer.raw_model`), and checkpoints store both.
 #
-# Let's compare the two, on our short run and on the pretrained model, in two ways:
+# Let's compare the two on our short run, with the pretrained model's EMA weights for scale (the shipped
+# checkpoint keeps only its EMA weights, the ones sampling uses), in two ways:
 #
 # * **samples**: 50 each (5 per class, DDIM with 10 steps, the same starting noise for all), scored with
 #   `metrics.sample_accuracy`: the digits classifier says which digit each sample is, and we count how often that
@@ -260,7 +261,6 @@ def held_out_loss(model):                # plain L_simple (the `diffusion` of se
     return diffusion.training_losses(model, x_held, t=t_held, noise=eps_held, y=y_held)["loss"].mean().item()
 
 ref_ema, ref_diffusion = from_pretrained(REFERENCE, device=device)                 # use_ema=True: the default
-ref_raw, _ = from_pretrained(REFERENCE, device=device, use_ema=False)
 ref_steps = load_config(REFERENCE)["extra"].get("step")
 
 models = {}
@@ -268,7 +268,6 @@ if tuple(trainer.sample_shape) == (1, 8, 8):      # our run (digits only: the cl
     models[f"our run, {trainer.step} steps: EMA"] = (trainer.ema.module, trainer.diffusion)
     models[f"our run, {trainer.step} steps: raw"] = (trainer.raw_model, trainer.diffusion)
 models[f"pretrained, {ref_steps} steps: EMA"] = (ref_ema, ref_diffusion)
-models[f"pretrained, {ref_steps} steps: raw"] = (ref_raw, ref_diffusion)
 
 scores = {}
 fig, axes = plt.subplots((len(models) + 1) // 2, 2, figsize=(10, 4.2 * ((len(models) + 1) // 2)))
@@ -277,20 +276,21 @@ for ax, (name, (model_, diffusion_)) in zip(axes.flat, models.items()):
     scores[name] = {"accuracy": acc, "held-out loss": held_out_loss(model_)}
     plots.show_images(x, nrow=10, ax=ax, title=name.replace(": ", "\n") +
                       f": accuracy {acc:.0%}\nheld-out loss {scores[name]['held-out loss']:.4f}")
+for ax in list(axes.flat)[len(models):]:
+    ax.set_axis_off()
 fig.tight_layout()
 plt.show()
 for name, score in scores.items():
     print(f"{name:28s} accuracy {score['accuracy']:.2f}   held-out loss {score['held-out loss']:.4f}")
-pre_ema, pre_raw = scores[f"pretrained, {ref_steps} steps: EMA"], scores[f"pretrained, {ref_steps} steps: raw"]
-assert pre_ema["accuracy"] > 0.8 and pre_ema["held-out loss"] < 1.02 * pre_raw["held-out loss"]
+pre_ema = scores[f"pretrained, {ref_steps} steps: EMA"]
+assert pre_ema["accuracy"] > 0.8
 
 # %% [markdown]
 # What to read here:
 #
 # * The pretrained model is far better than our short run on both counts: minutes of training against seconds.
-# * Its EMA and raw weights are close: the accuracy of both is near the classifier's ceiling, and the EMA has at
-#   most a slightly lower held-out loss. That run ended with the LR decayed to a tenth, which calms the raw weights
-#   by itself. The EMA earns its keep when the LR stays high, as in Ho et al. (a constant 2·10⁻⁴ for 800k steps),
+# * (Its raw weights, when they still shipped, were close to its EMA: both near the classifier's ceiling. That
+#   run ended with the LR decayed to a tenth, which calms the raw weights by itself.) The EMA earns its keep when the LR stays high, as in Ho et al. (a constant 2·10⁻⁴ for 800k steps),
 #   and on big models whose raw samples visibly change from one checkpoint to the next. It costs one copy of the
 #   weights and one `lerp_` per step, so everyone uses it.
 # * On our short run EMA and raw are close as well, and that is not a matter of course. With `ema_decay=0.9999`

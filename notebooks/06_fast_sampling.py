@@ -453,6 +453,39 @@ assert by[("DDIM", few)]["fd"] > 1.5 * by[("DDIM", 10)]["fd"]
 #   (Karras et al. 2022, §4), which matters for a small network. To see how the solvers really differ, we
 #   compare the samples themselves.
 #
+# **Under the real digits' line: is the model copying?** DDIM's FD lands at (or even under) the line of real
+# held-out digits. A model that had memorised its 1,442 training digits would score exactly like that, so look
+# directly: for every sample, its **nearest training digit** in pixel space (`metrics.nearest_neighbours`,
+# Euclidean distance over the 64 pixels), against the same distance for held-out real digits, which are new
+# handwriting by construction. Copies would sit near distance 0, far left of the real digits.
+
+# %%
+x50 = samples[("DDIM", 50)]
+nn_samples = metrics.nearest_neighbours(x50, real_train)
+nn_real = metrics.nearest_neighbours(real_test[:N_EVAL], real_train)
+fig, axes = plt.subplots(1, 2, figsize=(10, 2.9), gridspec_kw={"width_ratios": [1, 1.5]})
+bins = np.linspace(0, float(max(nn_samples.distances.max(), nn_real.distances.max())) * 1.05, 30)
+axes[0].hist(nn_real.distances.numpy(), bins=bins, alpha=0.6, label="held-out real digits")
+axes[0].hist(nn_samples.distances.numpy(), bins=bins, alpha=0.6, label="DDIM-50 samples")
+axes[0].set_xlabel("distance to the nearest training digit")
+axes[0].legend(fontsize=8)
+plots.show_class_grid(torch.cat([x50[:10], real_train[nn_samples.indices[:10]]]), n_rows=2, ax=axes[1],
+                      row_labels=["sample", "nearest train"])
+plt.show()
+med_s, med_r = float(nn_samples.distances.median()), float(nn_real.distances.median())
+close = float((nn_samples.distances < 0.5 * med_r).float().mean())
+print(f"median distance to the nearest training digit: samples {med_s:.2f}, held-out real digits {med_r:.2f}; "
+      f"samples closer than half the real median: {close:.0%}")
+assert med_s > 0.6 * med_r, (med_s, med_r)   # no wholesale copying
+assert close < 0.1, close
+
+# %% [markdown]
+# The samples' nearest training digits are as far away as a new real digit's (the two medians agree to about
+# 1%): each sample is *a* 3, not *that* 3 from the training set, and none sits anywhere near a copy. An FD at
+# the real digits' line comes from samples that are as typical as real handwriting, not from copying. Carlini et al. (2023) ran the same nearest-neighbour test on Stable Diffusion and did
+# find memorised images, mostly ones duplicated many times in its training data; a 1,442-image dataset
+# seen hundreds of times each is exactly where to look.
+#
 # ## 6 · The same noise through different samplers
 #
 # Because DDIM and DPM-Solver++ are deterministic maps from $x_T$ to $x_0$, the *same* $x_T$ gives nearly
