@@ -898,3 +898,77 @@ def plot_caption_scores(images, captions: Sequence[str], scores, top: int | None
 
 
 __all__ += ["show_captioned_images", "plot_similarity_matrix", "plot_threshold_histogram", "plot_caption_scores"]
+
+
+# ==============================================================================================================
+# text-to-image: a prompt's per-token text states, and which word each position of the U-Net looks at
+# ==============================================================================================================
+
+
+def plot_text_states(states, mask, tokens: Sequence[str], ax=None, limit: float | None = None,
+                     title: str | None = None):
+    """A prompt's per-token text states (``states`` [L, D], e.g. a `TextCondition`'s context for one prompt) as
+    a heat map, one row per token (``tokens``, the L token strings, labelling the rows), padding rows
+    (``mask`` [L] False) hatched over. Values in a diverging colour map centred on 0 (±``limit``, default the
+    largest |value| of the real tokens). Returns the ``Axes``; the heat map is ``ax.images[0]``."""
+    s = to_numpy(states)
+    m = to_numpy(mask).astype(bool).ravel()
+    if s.ndim != 2:
+        raise ValueError(f"states must be [L, D] (one prompt), got shape {s.shape}")
+    L, D = s.shape
+    if m.shape != (L,) or len(tokens) != L:
+        raise ValueError(f"mask and tokens must have one entry per row of states ({L}), got {m.shape[0]} and "
+                         f"{len(tokens)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.0, 0.16 * L + 0.9))
+    lim = float(limit if limit is not None else (np.abs(s[m]).max() if m.any() else np.abs(s).max()) or 1.0)
+    ax.imshow(s, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+    from matplotlib.patches import Rectangle
+
+    for i in np.nonzero(~m)[0]:
+        ax.add_patch(Rectangle((-0.5, i - 0.5), D, 1, facecolor="white", alpha=0.75, hatch="///", edgecolor="0.7",
+                               lw=0))
+    ax.set_yticks(range(L), [str(t) for t in tokens], fontsize=6)
+    ax.set_xlabel(f"state dimension (width {D})", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_token_attention(maps, tokens: Sequence[str], image=None, size: float = 1.05, vmax: float | None = None,
+                         title: str | None = None):
+    """Where each word is looked at: per-token cross-attention maps (``maps`` [L, h, w], e.g.
+    `transformer.CrossAttentionRecord.token_maps(...)[i]` for one prompt, padding already dropped) as a row of
+    small heat maps titled with their tokens, after the generated ``image`` (C×H×W in [−1, 1]) if given, with
+    the maps on one colour scale (0 … ``vmax``, default the largest weight). Returns the ``Figure``; the maps'
+    axes are the last L of ``fig.axes`` (before the colour bar's)."""
+    a = to_numpy(maps)
+    if a.ndim != 3:
+        raise ValueError(f"maps must be [L, h, w] (one prompt's tokens), got shape {a.shape}")
+    if len(tokens) != a.shape[0]:
+        raise ValueError(f"one token per map: {a.shape[0]} maps, {len(tokens)} tokens")
+    n = a.shape[0] + (image is not None)
+    fig, axes = plt.subplots(1, n, figsize=(size * n + 0.9, size + 0.55), squeeze=False)
+    axes = axes[0]
+    if image is not None:
+        img, kw = _grey(to_numpy(image))
+        axes[0].imshow(img, interpolation="nearest", **kw)
+        axes[0].set_title("image", fontsize=8)
+    hi = float(vmax if vmax is not None else a.max() or 1.0)
+    heat = None
+    for k, (ax, tok) in enumerate(zip(axes[n - a.shape[0]:], tokens)):
+        heat = ax.imshow(a[k], cmap="magma", vmin=0.0, vmax=hi, interpolation="nearest")
+        ax.set_title(str(tok), fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    fig.colorbar(heat, ax=list(axes), shrink=0.85, pad=0.02, label="attention")
+    if title:
+        fig.suptitle(title, fontsize=9, y=1.02)
+    return fig
+
+
+__all__ += ["plot_text_states", "plot_token_attention"]

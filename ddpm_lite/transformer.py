@@ -16,11 +16,14 @@ residual), a zero-initialised 1×1 projection back, and a residual connection ar
 untrained block is the identity, as the U-Net's other blocks.
 
 Set ``module.store_attention = True`` on a `CrossAttention` to keep its last attention weights
-[B, heads, H·W, L] in ``module.attention`` (notebook 10 draws which word each position looks at).
+[B, heads, H·W, L] in ``module.attention``; `record_cross_attention(model)` does it for every cross-attention
+of a U-Net while a block runs and returns the maps per layer (notebook 10 draws which word each position
+looks at).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -113,3 +116,91 @@ class SpatialTransformer(nn.Module):
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # [B, HW, C]
         h = self.block(h, context, mask)
         return x + self.proj_out(h.transpose(1, 2).reshape(B, C, H, W))
+
+
+# -- looking inside: which word each position attends to ----------------------------------------------------------
+
+class CrossAttentionRecord:
+    """What `record_cross_attention` collected: per `SpatialTransformer` (by module name), the attention weights
+    of its cross-attention at every forward call, each reshaped to [B, heads, H, W, L] (L = context tokens).
+
+    Attributes: ``maps`` {name: [tensor per call]}, ``sizes`` {name: (H, W)} (the feature map it attends from).
+    """
+
+    def __init__(self):
+        self.maps: dict[str, list[torch.Tensor]] = {}
+        self.sizes: dict[str, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        """Number of recorded calls, all layers together."""
+        return sum(len(v) for v in self.maps.values())
+
+    def layers(self, size: tuple[int, int] | None = None) -> list[str]:
+        """Names of the layers that recorded something (those attending from an H×W = `size` map, if given)."""
+        return [name for name, calls in self.maps.items()
+                if calls and (size is None or tuple(self.sizes[name]) == tuple(size))]
+
+    def token_maps(self, size: tuple[int, int], rows: int | None = None) -> torch.Tensor:
+        """Per-token attention maps [B, L, H, W] at the H×W = `size` level: the weights averaged over heads,
+        over every recorded call (e.g. every sampling step) and over every layer at that size. For each
+        position the L weights sum to 1 (padding tokens get 0). `rows` keeps only the first `rows` samples of
+        each call: under classifier-free guidance each call holds the conditional batch, then the
+        unconditional (empty prompt) one, so pass the number of prompts to keep the conditional half."""
+        names = self.layers(size)
+        if not names:
+            raise ValueError(f"no cross-attention recorded at {tuple(size)}; recorded sizes: "
+                             f"{sorted(set(map(tuple, self.sizes.values())))}")
+        calls = [m[:rows] if rows is not None else m for name in names for m in self.maps[name]]
+        if len({c.shape for c in calls}) != 1:
+            raise ValueError(f"the recorded calls have different shapes {sorted({tuple(c.shape) for c in calls})}: "
+                             f"pass rows= (the number of prompts) to keep the conditional half of each")
+        return torch.stack(calls).mean(0).mean(1).permute(0, 3, 1, 2)  # [B, H, W, L] -> [B, L, H, W]
+
+
+@contextlib.contextmanager
+def record_cross_attention(model: nn.Module, layers=None):
+    """Record the cross-attention weights of a model's `SpatialTransformer`s while the block runs.
+
+        with record_cross_attention(unet) as rec:
+            sample(...)                                   # or any forward pass with a context
+        maps = rec.token_maps((7, 7), rows=len(prompts))  # [B, L, 7, 7]: where each word is looked at
+
+    `layers`: names (as in `model.named_modules()`) of the transformers to record (default: all). Turns
+    `store_attention` on for their cross-attention (the explicit, unfused path: same result, more memory) and
+    restores it afterwards, also on an error. Self-attention is not recorded."""
+    record = CrossAttentionRecord()
+    handles, previous = [], []
+    chosen = [(name, m) for name, m in model.named_modules() if isinstance(m, SpatialTransformer)
+              and (layers is None or name in layers)]
+    if layers is not None:
+        missing = sorted(set(layers) - {name for name, _ in chosen})
+        if missing:
+            raise ValueError(f"no SpatialTransformer named {missing} in the model; it has "
+                             f"{[n for n, m in model.named_modules() if isinstance(m, SpatialTransformer)]}")
+    if not chosen:
+        raise ValueError("the model has no SpatialTransformer (cross-attention): build it with context_dim")
+    try:
+        for name, block in chosen:
+            attn = block.block.cross_attn
+            record.maps[name] = []
+            previous.append((attn, attn.store_attention))
+            attn.store_attention = True
+
+            def remember_size(module, args, name=name):
+                record.sizes[name] = tuple(args[0].shape[-2:])
+
+            def remember_map(module, args, output, name=name):
+                H, W = record.sizes[name]
+                w = module.attention
+                record.maps[name].append(w.reshape(w.shape[0], w.shape[1], H, W, w.shape[-1]).float().cpu())
+
+            handles.append(block.register_forward_pre_hook(remember_size))
+            handles.append(attn.register_forward_hook(remember_map))
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
+        for attn, flag in previous:
+            attn.store_attention = flag
+            if not flag:
+                attn.attention = None

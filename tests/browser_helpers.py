@@ -478,6 +478,24 @@ def write_broken_copy(src: Path, dst: Path, widget_class: str, minimal: bool = T
     return idx + 1
 
 
+def write_widget_copy(src: Path, dst: Path, marker: str, first_code_cells: int = 2) -> int:
+    """Copy a notebook keeping only its first ``first_code_cells`` code cells (settings, imports, models) and the
+    code cell containing ``marker`` (the one that builds the widget): the browser test then runs a few seconds
+    of code instead of the whole notebook (nbval runs every cell anyway). Returns the number of cells dropped."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    idx = next((i for i in code if marker in nb.cells[i].source), None)
+    if idx is None:
+        raise ValueError(f"{src.name}: no code cell contains {marker!r}")
+    keep = sorted(set(code[:first_code_cells]) | {idx})
+    dropped = len(nb.cells) - len(keep)
+    nb.cells = [nb.cells[i] for i in keep]
+    nbformat.write(nb, dst)
+    return dropped
+
+
 # ==============================================================================================================
 # the page
 # ==============================================================================================================
@@ -746,3 +764,64 @@ def check_slider_changes_image(page, css_class: str, out_dir: Path, name: str, *
         shots=[out_dir / f"{name}_image_{s}.png" for s in ("before", "after")],
         phases=phases,
     )
+
+
+@dataclass
+class TextCheck:
+    """What typing into a widget's text box did in the browser."""
+    value_before: str
+    value_after: str
+    src_changed: bool  # the <img>'s blob: URL changed (the kernel sent new PNG bytes)
+    pixels_changed: int  # pixels that differ between the two element screenshots
+    shots: list[Path]
+    phases: dict = field(default_factory=dict)
+
+    @property
+    def image_changed(self) -> bool:
+        return self.src_changed and self.pixels_changed > 0
+
+
+def check_text_changes_image(page, css_class: str, text: str, out_dir: Path, name: str, *,
+                             update_timeout_s: float = 60.0) -> TextCheck:
+    """Screenshot the widget's image, type ``text`` into its text box (``.<css_class>-text input``: select all,
+    type, Enter, as a learner would), wait for a new image, screenshot again. Does not assert."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    phases, t = {}, time.monotonic()
+
+    def lap(what: str) -> None:
+        nonlocal t
+        phases[what] = round(time.monotonic() - t, 2)
+        t = time.monotonic()
+
+    page.bring_to_front()
+    widget = find_widget(page, css_class)
+    dismiss_toasts(page)
+    widget.scroll_into_view_if_needed()
+    img = widget.locator("img").first
+    box = widget.locator(f".{css_class}-text input").first
+    before_png = _element_shot(page, img, out_dir / f"{name}_image_before.png")
+    src_before = img.get_attribute("src")
+    value_before = box.input_value()
+    lap("find widget, screenshot")
+
+    box.click()
+    box.press("Control+a")
+    box.type(text)  # key by key, as typed
+    box.press("Enter")  # the Text widget (continuous_update=False) sends its value on Enter
+    lap("type, Enter")
+    try:
+        page.wait_for_function("([img, src]) => img.getAttribute('src') !== src",
+                               arg=[img.element_handle(), src_before], timeout=update_timeout_s * 1000,
+                               polling=100)
+        src_changed = True
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle(),
+                               timeout=10_000, polling=100)
+        lap("new picture")
+    except PlaywrightTimeout:
+        src_changed = False
+        lap("no new picture")
+    after_png = _element_shot(page, img, out_dir / f"{name}_image_after.png")
+    lap("screenshot")
+    return TextCheck(value_before=value_before, value_after=box.input_value(), src_changed=src_changed,
+                     pixels_changed=_pixels_differing(before_png, after_png),
+                     shots=[out_dir / f"{name}_image_{s}.png" for s in ("before", "after")], phases=phases)

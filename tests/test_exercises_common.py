@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddpm_lite.exercises import (NOT_ANSWERED, ExerciseError, NotAnsweredError, allclose, call_answer, nb01, nb02,
-                                 nb03, nb04, nb05, nb06, nb07, nb08, nb09)
+                                 nb03, nb04, nb05, nb06, nb07, nb08, nb09, nb10)
 
 # every check that takes the learner's function, in every notebook
 FUNCTION_CHECKS = [
@@ -19,6 +19,7 @@ FUNCTION_CHECKS = [
     nb07.check_dynamic_threshold, nb07.check_scale_to_w, nb07.check_saturated_fraction,
     nb08.check_reparam_kl, nb08.check_sdedit_timesteps, nb08.check_scale_factor,
     nb09.check_clip_loss, nb09.check_zero_shot,
+    nb10.check_cross_attention, nb10.check_text_guidance, nb10.check_noise_augmentation,
 ]
 
 

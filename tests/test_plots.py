@@ -213,3 +213,35 @@ def test_plot_caption_scores_sorted_bars_per_image():
     assert [t.get_text() for t in fig.axes[3].get_yticklabels()][0] == "a one"
     with pytest.raises(ValueError, match="scores"):
         plots.plot_caption_scores(x, caps[:3], p)
+
+
+def test_plot_text_states_rows_are_tokens_and_padding_is_hatched():
+    states = torch.randn(6, 10)
+    mask = torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.bool)
+    tokens = ["<start>", "a", "seven", "<end>", "<pad>", "<pad>"]
+    states[3:] = 100.0                                      # padding does not set the colour scale
+    ax = plots.plot_text_states(states, mask, tokens, title="t")
+    heat = ax.images[0]
+    assert heat.get_array().shape == (6, 10) and heat.get_clim()[1] == pytest.approx(float(states[:3].abs().max()))
+    assert [t.get_text() for t in ax.get_yticklabels()] == tokens
+    assert len(ax.patches) == 3 and ax.get_title() == "t"
+    with pytest.raises(ValueError, match=r"\[L, D\]"):
+        plots.plot_text_states(torch.zeros(2, 3, 4), mask, tokens)
+    with pytest.raises(ValueError, match="one entry per row"):
+        plots.plot_text_states(states, mask, tokens[:-1])
+
+
+def test_plot_token_attention_one_map_per_token_after_the_image():
+    maps = torch.rand(4, 7, 7)
+    fig = plots.plot_token_attention(maps, ["a", "thick", "seven", "<end>"], image=torch.zeros(1, 28, 28))
+    axes = fig.axes[:-1]                                    # the last one is the colour bar
+    assert len(axes) == 5 and axes[0].get_title() == "image"
+    assert [ax.get_title() for ax in axes[1:]] == ["a", "thick", "seven", "<end>"]
+    assert np.allclose(axes[2].images[0].get_array(), maps[1].numpy())
+    assert axes[1].images[0].get_clim() == (0.0, pytest.approx(float(maps.max())))
+    fig2 = plots.plot_token_attention(maps[:2], ["a", "b"], vmax=1.0)
+    assert len(fig2.axes) == 3 and fig2.axes[0].images[0].get_clim() == (0.0, 1.0)
+    with pytest.raises(ValueError, match="one token per map"):
+        plots.plot_token_attention(maps, ["a"])
+    with pytest.raises(ValueError, match=r"\[L, h, w\]"):
+        plots.plot_token_attention(maps[0], ["a"])

@@ -19,12 +19,15 @@ One explorer per module:
     guidance.py           GuidanceExplorer    notebooks 04 and 07: classifier-free guidance
     sampler.py            SamplerExplorer     notebook 06: fast samplers
     img2img.py            Img2ImgExplorer     notebook 08: image-to-image (SDEdit) strength
+    prompt.py             PromptExplorer      notebook 10: text-to-image, a prompt box
 """
 
 from .guidance import GuidanceExplorer
 from .img2img import Img2ImgExplorer
 from .noise_step import NoiseStepExplorer
+from .prompt import PromptExplorer
 from .sampler import SamplerExplorer
 from .sampling_scrubber import SamplingScrubber
 
-__all__ = ["NoiseStepExplorer", "SamplingScrubber", "GuidanceExplorer", "SamplerExplorer", "Img2ImgExplorer"]
+__all__ = ["NoiseStepExplorer", "SamplingScrubber", "GuidanceExplorer", "SamplerExplorer", "Img2ImgExplorer",
+           "PromptExplorer"]
