@@ -42,7 +42,8 @@ class SuperResolutionStage:
     diffusion; text-conditioned only if its checkpoint carries a text encoder (Imagen's super-resolution models
     are, Cascaded Diffusion Models' are not; the shipped mini Imagen's is not)."""
 
-    def __init__(self, model, diffusion, text_encoder=None):
+    def __init__(self, model, diffusion, text_encoder=None, aug_max: int | None = None):
+        self.aug_max = aug_max  # the largest augmentation level seen in training (None: unknown)
         if not model.config.get("low_res_channels"):
             raise ValueError("a super-resolution stage needs a UNet built with low_res_channels (trained with "
                              "`train --low-res N`)")
@@ -58,6 +59,11 @@ class SuperResolutionStage:
                  progress: bool = False) -> torch.Tensor:
         """Upsample `low` [B, C, h, w] in [-1, 1] to the stage's size: bilinear up, noise augmentation at
         timestep `aug_level` (the same q_sample as in training), then the sampler."""
+        if self.aug_max is not None and aug_level > self.aug_max:
+            import warnings
+
+            warnings.warn(f"aug_level {aug_level} is above the largest augmentation level this stage was trained "
+                          f"with ({self.aug_max}): expect it to ignore much of the low-resolution image")
         device = next(self.model.parameters()).device
         B = low.shape[0]
         up = upsample(low.to(device).float(), self.image_shape[1:])
@@ -107,7 +113,8 @@ class TextToImage:
             sr_dir = directory / spec.get("super_resolution", "super_resolution")
             sr_model, sr_diffusion = ckpt.from_pretrained(sr_dir, device)
             sr_text = ckpt.load_text_encoder(sr_dir, device)
-            base.super_resolution = SuperResolutionStage(sr_model, sr_diffusion, sr_text)
+            aug_max = ckpt.load_config(sr_dir).get("extra", {}).get("text_to_image", {}).get("aug_max")
+            base.super_resolution = SuperResolutionStage(sr_model, sr_diffusion, sr_text, aug_max)
             base.aug_level = int(spec.get("aug_level", DEFAULT_AUG_LEVEL))
             base.name = spec.get("name", directory.name)
             return base
@@ -152,7 +159,9 @@ class TextToImage:
 
         guidance: classifier-free guidance weight w against the empty prompt (0 = none). threshold: "static"
         (clip x̂_0 to [-1, 1]), "dynamic" (Imagen's percentile thresholding), None; "auto" = None in latent
-        space (latents are unbounded), else "static". With `return_stages` also returns the base stage's
+        space (latents are unbounded), else "static". `percentile` 0.995 is Imagen's, for 64×64×3 = 12,288
+        values per image; on a 14×14 base (196 values) it is set by the one brightest pixel, so use about 0.95
+        there (notebook 10 shows both). With `return_stages` also returns the base stage's
         output (latent or low-resolution image) as {"base": ..., "images": ...}.
         """
         if isinstance(prompts, str):

@@ -285,3 +285,18 @@ def test_text_encoder_cache_evicts_least_recently_used_and_stays_exact(clip_dir)
         for w, states in zip(batch, cond.context):
             assert torch.allclose(states, fresh[w], atol=1e-6)
         assert torch.allclose(cond.null_context, fresh[""], atol=1e-6)
+
+
+def test_super_resolution_warns_above_its_training_range(clip_dir, tmp_path):
+    from ddpm_lite.pipeline import SuperResolutionStage
+
+    model = text_unet(context_dim=None, low_res_channels=1, aug_conditioning=True).eval()
+    stage = SuperResolutionStage(model, GaussianDiffusion(timesteps=100), aug_max=20)
+    low = torch.zeros(1, 1, 4, 4)
+    with pytest.warns(UserWarning, match="above the largest augmentation level"):
+        stage(low, aug_level=50, steps=1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert stage(low, aug_level=20, steps=1).shape == (1, 1, 8, 8)
