@@ -199,6 +199,13 @@ def transform_images(images: torch.Tensor, transforms: list[tuple[str, ...]] | l
 
 # -- facts and captions ------------------------------------------------------------------------------------
 
+def caption_rng(generator: torch.Generator | None = None) -> random.Random:
+    """A Python RNG for one batch's captions, seeded from a torch generator (the Trainer's noise generator), so
+    a resumed run draws the same captions as an uninterrupted one."""
+    device = generator.device if generator is not None else None
+    return random.Random(int(torch.randint(0, 2**62, (1,), generator=generator, device=device)))
+
+
 def is_held_out(transforms, label: int) -> bool:
     """True if (some transformation of `transforms`, label) is one of `HELD_OUT`."""
     return any((t, int(label)) in HELD_OUT for t in transforms)

@@ -22,7 +22,6 @@ project's `Trainer` on captions that `ddpm_lite.captions` writes for each batch.
 from __future__ import annotations
 
 import math
-import random
 
 import torch
 import torch.nn as nn
@@ -171,9 +170,7 @@ class CLIP(nn.Module):
         """(per-token states [B, L, text_width], mask [B, L] True for <start>…<end>, False for padding): what
         cross-attention reads. `texts`: captions or token ids."""
         ids = self._ids(texts)
-        states = self.text_encoder(ids)
-        mask = torch.arange(ids.shape[1], device=ids.device)[None] <= self.tokenizer.end_positions(ids)[:, None]
-        return states, mask
+        return self.text_encoder(ids), self.tokenizer.attention_mask(ids)
 
     def text_features(self, texts) -> torch.Tensor:
         """Unnormalised text embeddings [B, embed_dim]: the state at the end token, projected."""
@@ -263,8 +260,7 @@ class ClipObjective:
                              "AttributeThresholds.from_images(train_images)) before training")
         if y is None:
             raise ValueError("CLIP captions need the digits' labels: the dataset has none")
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else None))
-        rng = random.Random(seed)
+        rng = cap.caption_rng(generator)
         images, texts, facts = cap.measure_and_caption(x.cpu(), y.cpu(), thresholds, rng,
                                                        allow_held_out=self.allow_held_out)
         return images.to(x.device), texts, facts

@@ -78,9 +78,7 @@ class CLIPTextEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, prompts) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.tokenizer.encode(prompts).to(self.device)
-        states = self.text_encoder(ids)
-        mask = torch.arange(ids.shape[1], device=ids.device)[None] <= self.tokenizer.end_positions(ids)[:, None]
-        return states, mask
+        return self.text_encoder(ids), self.tokenizer.attention_mask(ids)
 
     @torch.no_grad()
     def _encode_cached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

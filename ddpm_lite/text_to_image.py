@@ -18,7 +18,6 @@ the model, so at sampling time the base stage's imperfect output can be treated 
 
 from __future__ import annotations
 
-import random
 
 import torch
 import torch.nn.functional as F
@@ -102,9 +101,7 @@ class TextToImageObjective:
     def training_losses(self, model, x: torch.Tensor, y=None, generator: torch.Generator | None = None) -> dict:
         if y is None:
             raise ValueError("text-to-image training captions the digits from their labels: the dataset has none")
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator,
-                                 device=generator.device if generator is not None else None))
-        rng = random.Random(seed)
+        rng = cap.caption_rng(generator)
         images, texts, facts = cap.measure_and_caption(x.cpu(), y.cpu(), self.thresholds, rng,
                                                        allowed=self.transforms)
         images = images.to(x.device)

@@ -101,6 +101,10 @@ class Tokenizer:
             raise ValueError("every row of token ids needs an end token: make them with Tokenizer.encode")
         return is_end.int().argmax(1)
 
+    def attention_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: True for <start> … <end>, False for the padding after it (what cross-attention masks)."""
+        return torch.arange(ids.shape[1], device=ids.device)[None] <= self.end_positions(ids)[:, None]
+
     def decode(self, ids) -> str | list[str]:
         """Captions back from ids (the words between <start> and <end>; "," re-attached)."""
         ids = torch.as_tensor(ids)

@@ -615,17 +615,23 @@ class Trainer:
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.999), fused=fused or None)
 
-    def _load_text_encoder(self, path, resume_dir, device):
-        """The frozen CLIPTextEncoder of a text-to-image run: the resumed checkpoint's `text_encoder/`, else the
-        text tower of the CLIP (or text encoder) checkpoint at `path`."""
-        enc = ckpt.load_text_encoder(resume_dir, device=device) if resume_dir is not None else None
-        if enc is None:
-            enc = ckpt.load_text_encoder(path, device=device)
-        if enc is None:
+    @staticmethod
+    def _load_frozen(loader, path, resume_dir, device, wanted: str, command: str):
+        """A frozen part of a run (`loader`: ckpt.load_autoencoder or ckpt.load_text_encoder): from the checkpoint
+        being resumed (its subfolder, so the run does not depend on the original directory), else from `path`."""
+        part = loader(resume_dir, device=device) if resume_dir is not None else None
+        if part is None:
+            part = loader(path, device=device)
+        if part is None:
             cls = ckpt.load_config(path, diffusion=False)["model_class"]
-            raise ckpt.CheckpointError(f"text_encoder {path} holds a {cls}, not a CLIP: train one with "
-                                       f"`python -m ddpm_lite train-clip` and pass its directory")
-        return enc
+            raise ckpt.CheckpointError(f"{path} holds a {cls}, not {wanted}: train one with "
+                                       f"`python -m ddpm_lite {command}` and pass its directory")
+        part.requires_grad_(False)
+        return part.eval()
+
+    def _load_text_encoder(self, path, resume_dir, device):
+        """The frozen CLIPTextEncoder of a text-to-image run (a CLIP checkpoint's text tower)."""
+        return self._load_frozen(ckpt.load_text_encoder, path, resume_dir, device, "a CLIP", "train-clip")
 
     def _text_objective(self, images):
         """The text-to-image objective; caption thresholds from this training data's quantiles (as CLIP's)."""
@@ -641,17 +647,9 @@ class Trainer:
                                     resolution=c.resolution)
 
     def _load_autoencoder(self, path, resume_dir, device):
-        """The frozen AutoencoderKL of a latent run: from the checkpoint being resumed (its `autoencoder/`
-        subfolder, so the run does not depend on the original directory), else from `path`."""
-        ae = ckpt.load_autoencoder(resume_dir, device=device) if resume_dir is not None else None
-        if ae is None:
-            ae = ckpt.load_autoencoder(path, device=device)
-        if ae is None:
-            cls = ckpt.load_config(path, diffusion=False)["model_class"]
-            raise ckpt.CheckpointError(f"autoencoder {path} holds a {cls}, not an AutoencoderKL: train one with "
-                                       f"`python -m ddpm_lite train-autoencoder` and pass its directory")
-        ae.requires_grad_(False)
-        return ae.eval()
+        """The frozen AutoencoderKL of a latent run."""
+        return self._load_frozen(ckpt.load_autoencoder, path, resume_dir, device, "an AutoencoderKL",
+                                 "train-autoencoder")
 
     @torch.no_grad()
     def _encode_dataset(self, images: torch.Tensor) -> torch.Tensor:
