@@ -27,6 +27,12 @@ Imagen cascade (a 14×14 base + a 14 → 28 super-resolution stage); `sample --p
     python -m ddpm_lite train --dataset mnist5k --low-res 14 --out runs/sr
     python -m ddpm_lite sample --checkpoint runs/mnist5k-sd --prompt "a thick upside-down seven" --guidance 3 --n 16
 
+DreamBooth (Ruiz et al. 2023): a few images of one subject, bound to a rare token, with prior preservation:
+
+    python -m ddpm_lite dreambooth --checkpoint assets/checkpoints/mnist5k-sd --subject assets/subjects/hollow-seven \\
+        --identifier sks --class-noun seven --out runs/sks-seven
+    python -m ddpm_lite sample --checkpoint runs/sks-seven --prompt "a sks seven" --guidance 3 --n 16
+
 The `train` flags are generated from `ddpm_lite.train.TrainConfig`: one `--field-name` per field (help text
 and choices from the field's metadata), so every setting of a run is reachable, e.g.
 
@@ -203,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = _Parser(prog=PROG, description="Train and sample DDPMs (ddpm_lite).", formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,export,train-autoencoder,train-clip,cascade}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,export,train-autoencoder,train-clip,cascade,dreambooth}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a diffusion model", formatter_class=fmt,
@@ -306,6 +312,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise-augmentation timestep the super-resolution stage is told when sampling "
                         "(default: ddpm_lite.pipeline.DEFAULT_AUG_LEVEL)")
     c.add_argument("--fp16", action="store_true", help="store the weights in float16")
+
+    d = sub.add_parser("dreambooth", help="personalise a text-to-image model with a few images of one subject",
+                       formatter_class=fmt,
+                       description="DreamBooth (Ruiz et al. 2023; ddpm_lite.personalize): fine-tune a copy of a "
+                                   "single-stage text-to-image checkpoint (mini Stable Diffusion) on 3-5 subject "
+                                   "images bound to the prompt \"a IDENTIFIER CLASS\" (the identifier is added to "
+                                   "the text encoder's vocabulary with a weak prior), with the class-specific "
+                                   "prior-preservation loss (eq. 2) on images the frozen model draws for \"a "
+                                   "CLASS\". The result is an ordinary checkpoint: `sample --checkpoint OUT "
+                                   "--prompt \"a sks seven\"`. Written atomically at the end: Ctrl-C writes nothing.")
+    d.add_argument("--checkpoint", default="assets/checkpoints/mnist5k-sd", help="the text-to-image model to start from")
+    d.add_argument("--subject", default="assets/subjects/hollow-seven", help="folder of the subject's PNG images")
+    d.add_argument("--out", required=True, help="directory for the fine-tuned checkpoint")
+    d.add_argument("--identifier", default="sks", help="the rare token [V] bound to the subject")
+    d.add_argument("--class-noun", default="seven", help="the subject's class, as the prompts say it")
+    d.add_argument("--steps", type=int, default=150, help="fine-tuning steps")
+    d.add_argument("--lr", type=float, default=None, help="learning rate (default: 2e-4; 5e-2 for --train embedding)")
+    d.add_argument("--prior-weight", type=float, default=1.0,
+                   help="lambda of the prior-preservation loss (0 = plain fine-tuning, which drifts)")
+    d.add_argument("--num-class-images", type=int, default=100, help="class images generated for the prior loss")
+    d.add_argument("--batch-size", type=int, default=8, help="subject images per step (and class images per step)")
+    d.add_argument("--train", default="all", choices=("all", "cross_attention", "embedding"),
+                   help="which weights train: all U-Net weights (DreamBooth), the cross-attention keys/values "
+                        "(Custom Diffusion), or only the identifier's embedding (textual inversion)")
+    d.add_argument("--seed", type=int, default=0, help="random seed")
+    d.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    d.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     return parser
 
 
@@ -716,6 +750,42 @@ def _cascade(args) -> int:
     return 0
 
 
+def _dreambooth(args) -> int:
+    import torch
+
+    from .device import pick_device
+    from .personalize import DreamBoothConfig, dreambooth, save_personalized
+    from .pipeline import TextToImage
+    from .subjects import load_subject
+
+    try:
+        if args.num_threads is not None:
+            if args.num_threads < 1:
+                raise UsageError(f"--num-threads must be >= 1, got {args.num_threads}")
+            torch.set_num_threads(args.num_threads)
+        device = pick_device(args.device)
+        pipe = TextToImage.from_pretrained(args.checkpoint, device=device)
+        subject = load_subject(args.subject)
+        lr = args.lr if args.lr is not None else (5e-2 if args.train == "embedding" else 2e-4)
+        config = DreamBoothConfig(identifier=args.identifier, class_noun=args.class_noun, steps=args.steps, lr=lr,
+                                  batch_size=args.batch_size, prior_batch_size=args.batch_size,
+                                  prior_weight=args.prior_weight, num_class_images=args.num_class_images,
+                                  train=args.train, seed=args.seed)
+        pipe.text_encoder.check_prompts([f"a {args.class_noun}"])  # the class noun must be a known word
+        result = dreambooth(pipe, subject, config, progress=args.progress)
+        save_personalized(args.out, result, subject_source=str(args.subject))
+    except KeyboardInterrupt:
+        print("ddpm_lite: interrupted: nothing written", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        return _fail(e)
+    last = result.history[-1]
+    print(f"wrote {args.out}: {args.steps} steps in {result.seconds:.1f} s (loss {last['loss']:.4f}: subject "
+          f"{last['instance']:.4f}, prior {last['prior']:.4f}); try: {PROG} sample --checkpoint {args.out} "
+          f"--prompt \"a {args.identifier} {args.class_noun}\" --guidance 3 --n 16")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------------------
 
 def _fail(err: Exception, status: int = 2) -> int:
@@ -738,6 +808,8 @@ def main(argv=None) -> int:
         return _train(args, objective="clip")
     if args.command == "cascade":
         return _cascade(args)
+    if args.command == "dreambooth":
+        return _dreambooth(args)
     return _sample(args)
 
 

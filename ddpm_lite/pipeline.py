@@ -93,6 +93,7 @@ class TextToImage:
         self.autoencoder, self.super_resolution = autoencoder, super_resolution
         self.aug_level = aug_level
         self.name = name
+        self.source_dir = None  # the checkpoint directory it was loaded from, if any
 
     def __repr__(self) -> str:
         kind = ("latent (mini Stable Diffusion)" if self.autoencoder is not None else
@@ -123,7 +124,9 @@ class TextToImage:
         if text_encoder is None or "context_dim" not in model.config:
             raise ckpt.CheckpointError(f"{directory} is not a text-to-image checkpoint (no text encoder / "
                                        f"cross-attention): train one with `train --text-encoder CLIP_DIR`")
-        return cls(model, diffusion, text_encoder, ckpt.load_autoencoder(directory, device), name=directory.name)
+        pipe = cls(model, diffusion, text_encoder, ckpt.load_autoencoder(directory, device), name=directory.name)
+        pipe.source_dir = directory
+        return pipe
 
     # -- shapes ----------------------------------------------------------------------------------------------
 
@@ -151,6 +154,23 @@ class TextToImage:
         return self.text_encoder.encode(prompts).to(self.device)
 
     @torch.no_grad()
+    def sample_base(self, prompts, guidance: float = 3.0, steps: int = 20, sampler: str = "ddim",
+                    generator: torch.Generator | None = None, threshold: str | None = "auto",
+                    percentile: float = 0.995, progress: bool = False) -> torch.Tensor:
+        """Only the text-conditioned stage: its samples [N, *base_shape] (scaled latents for a latent model, the
+        low-resolution images for a cascade), not decoded or upsampled. Arguments as for `__call__`."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        cond = self.encode(prompts)
+        if threshold == "auto":
+            threshold = None if self.autoencoder is not None else "static"
+        with eval_mode(self.model):
+            return run_sampler(self.model, self.diffusion, (len(prompts), *self.base_shape), sampler=sampler,
+                               steps=steps, y=cond, guidance=guidance, threshold=threshold, percentile=percentile,
+                               generator=generator, device=self.device, progress=progress)
+
+    @torch.no_grad()
     def __call__(self, prompts, guidance: float = 3.0, steps: int = 20, sampler: str = "ddim",
                  generator: torch.Generator | None = None, threshold: str | None = "auto",
                  percentile: float = 0.995, sr_steps: int | None = None, sr_guidance: float = 0.0,
@@ -167,13 +187,7 @@ class TextToImage:
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = list(prompts)
-        cond = self.encode(prompts)
-        if threshold == "auto":
-            threshold = None if self.autoencoder is not None else "static"
-        with eval_mode(self.model):
-            base = run_sampler(self.model, self.diffusion, (len(prompts), *self.base_shape), sampler=sampler,
-                               steps=steps, y=cond, guidance=guidance, threshold=threshold, percentile=percentile,
-                               generator=generator, device=self.device, progress=progress)
+        base = self.sample_base(prompts, guidance, steps, sampler, generator, threshold, percentile, progress)
         if self.autoencoder is not None:
             images = decode_latents(self.autoencoder, base)
         elif self.super_resolution is not None:

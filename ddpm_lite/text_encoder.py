@@ -51,6 +51,35 @@ class CLIPTextEncoder(nn.Module):
         enc.text_encoder.load_state_dict(clip.text_encoder.state_dict())
         return enc.to(clip.logit_scale.device)
 
+    def with_tokens(self, words, init_from: str = "<unk>") -> "CLIPTextEncoder":
+        """A copy of this encoder whose vocabulary also holds `words` (new ids after the old ones, so every
+        old prompt encodes exactly as before). Each new word's embedding row starts as a copy of the row of
+        `init_from`: "<unk>" (the default) is the row no training caption ever used, so the new word starts
+        with the **weak prior** DreamBooth asks of its identifier [V] (Ruiz et al. 2023, §3.2: a rare token,
+        not a word the model already associates with something); pass a known word to start from its meaning
+        (textual inversion's initialisation, Gal et al. 2023)."""
+        words = [str(w).lower() for w in ([words] if isinstance(words, str) else words)]
+        from .tokenizer import split_words
+
+        for w in words:
+            if split_words(w) != [w]:
+                raise ValueError(f"{w!r} is not one word: a new token must be a single lower-case word without "
+                                 f"spaces or commas")
+            if w in self.tokenizer.stoi:
+                raise ValueError(f"{w!r} is already in the vocabulary: pick a word the encoder does not know "
+                                 f"(e.g. 'sks'), or use the word as it is")
+        if init_from not in self.tokenizer.stoi:
+            raise ValueError(f"init_from={init_from!r} is not in the vocabulary: use '<unk>' or a known word")
+        c = self.config
+        new = CLIPTextEncoder(list(c["vocab"]) + words, c["context_length"], c["width"], c["layers"], c["heads"],
+                              source=c["source"], cache_size=self.cache_size)
+        state = {k: v.clone() for k, v in self.text_encoder.state_dict().items()}
+        old = state["token_embedding.weight"]
+        row = old[self.tokenizer.stoi[init_from]]
+        state["token_embedding.weight"] = torch.cat([old, row.expand(len(words), -1)])
+        new.text_encoder.load_state_dict(state)
+        return new.to(self.device)
+
     def train(self, mode: bool = True) -> "CLIPTextEncoder":
         return super().train(False)  # frozen: always in eval mode (so cached encodings stay exact)
 
