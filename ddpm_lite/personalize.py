@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from .conditioning import TextCondition
+from .diffusion import randn_like
 from .latent import encode_images
 from .models import eval_mode
 
@@ -202,12 +203,15 @@ class DreamBoothResult:
 
 
 def dreambooth(pipe, subject_images: torch.Tensor, config: DreamBoothConfig | None = None, class_set=None,
-               progress: bool = True, callback=None, **overrides) -> DreamBoothResult:
+               progress: bool = True, callback=None, loss_fn=None, **overrides) -> DreamBoothResult:
     """Fine-tune a copy of the text-to-image pipeline `pipe` on `subject_images` (3–5 images [N, C, H, W] in
     [-1, 1]) bound to "a [V] <class>", with the prior-preservation loss unless `prior_weight` is 0.
 
     `class_set`: a ready prior-preservation set (model space, e.g. from `class_images`); generated with the
     frozen model when None and `prior_weight` > 0. `callback(step, pipe)` runs every step (for snapshots).
+    `loss_fn`: a function with `prior_preservation_loss`'s arguments (model, diffusion, x, c, x_pr, c_pr, λ,
+    t, noise, t_pr, noise_pr; t and noise are always passed) returning its dict or the scalar loss (notebook
+    11 passes the learner's own).
     Keyword overrides set `DreamBoothConfig` fields. The original pipeline's weights are never changed.
     """
     from tqdm.auto import tqdm
@@ -248,9 +252,17 @@ def dreambooth(pipe, subject_images: torch.Tensor, config: DreamBoothConfig | No
         x_prior = None
         if use_prior:
             x_prior = class_set[torch.randint(0, class_set.shape[0], (cfg.prior_batch_size,), generator=gen)]
-        c_inst = prompts(inst_prompt, cfg.batch_size)
-        out = prior_preservation_loss(tuned.model, pipe.diffusion, x_subject[idx], c_inst.to(pipe.device), x_prior,
-                                      c_prior, cfg.prior_weight, generator=gen)
+        c_inst = prompts(inst_prompt, cfg.batch_size).to(pipe.device)
+        x_inst = x_subject[idx]
+        t, noise = pipe.diffusion.sample_timesteps(len(x_inst), pipe.device, gen), randn_like(x_inst, gen)
+        t_pr = noise_pr = None
+        if x_prior is not None:
+            t_pr, noise_pr = pipe.diffusion.sample_timesteps(len(x_prior), pipe.device, gen), randn_like(x_prior, gen)
+        out = (loss_fn or prior_preservation_loss)(tuned.model, pipe.diffusion, x_inst, c_inst, x_prior, c_prior,
+                                                   cfg.prior_weight, t, noise, t_pr, noise_pr)
+        if not isinstance(out, dict):
+            nan = torch.tensor(float("nan"))
+            out = {"loss": out, "instance": nan, "prior": nan}
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         if cfg.train == "embedding":
