@@ -8,7 +8,6 @@ import torch
 
 from ddpm_lite import oracle
 from ddpm_lite.diffusion import GaussianDiffusion
-from ddpm_lite.metrics import sliced_wasserstein
 from ddpm_lite.toy_mlp import ToyMLP
 from ddpm_lite.toys import ExactGMMDenoiser, GaussianMixture
 
@@ -90,10 +89,9 @@ def test_rejection_samples_have_the_tilted_moments_and_acceptance_rate():
     assert float(mean[0]) < -0.6 - 0.02 and float(mean[1]) < -0.35 - 0.01
     # Z / M^w with M = 1/π_c: the fraction of proposals kept
     assert 0 < tilted.acceptance_rate < 1
-    y = torch.full((20_000,), 0)
-    prop = mix.sample(60_000, generator=torch.Generator().manual_seed(1), return_labels=True)
-    xc = prop[0][prop[1] == 0][: len(y)].double()
-    kept = (mix.responsibilities(xc.float()).double()[:, 0] ** 3).mean()
+    x_all, labels = mix.sample(60_000, generator=torch.Generator().manual_seed(1), return_labels=True)
+    xc = x_all[labels == 0]                                      # ~20 000 draws of p(x | 0)
+    kept = (mix.responsibilities(xc).double()[:, 0] ** 3).mean()  # E[p(0 | x)^w], w = 3
     assert float(kept) == pytest.approx(tilted.acceptance_rate, rel=0.02)
 
 
