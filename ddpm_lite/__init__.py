@@ -7,6 +7,7 @@ Model, noise schedule and sampling loop are kept apart:
     samplers                       ddpm / ddim / dpm_solver_pp_2m over a denoiser, guidance, thresholding
     unet.UNet, toy_mlp.ToyMLP      the networks
     data, train, checkpoint        datasets, the trainer, save_pretrained / from_pretrained
+    toys, oracle                   2D toys with exact scores; what samplers and guidance do with a perfect model
 
 Submodules are imported lazily, so `import ddpm_lite` stays fast.
 """
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "schedules", "diffusion", "losses", "samplers", "toys", "unet", "toy_mlp", "data", "ema", "checkpoint",
-    "train", "distributed", "metrics", "classifier", "plots", "widgets", "exercises", "device",
+    "train", "distributed", "metrics", "classifier", "plots", "widgets", "exercises", "device", "oracle",
 )
 
 

@@ -15,6 +15,8 @@ What is here, and what each number means:
     evaluate_samples                    accuracy, FD, its real-data floor, precision, recall, in one dict
     within_class_spread, saturated_fraction   diversity within classes and clipping saturation (notebook 07)
     nearest_neighbours                  each sample's nearest training image in pixel space: does a model copy?
+    sliced_wasserstein                  a distance between two point clouds (2D toys; no classifier involved), used
+                                        by `ddpm_lite.oracle` to compare samples with an exactly known target
 
 The classifier itself (network, training, its files in assets/classifiers/) is `ddpm_lite.classifier`;
 `load_classifier` is re-exported here because the notebooks call `metrics.load_classifier`. The likelihood
@@ -434,3 +436,74 @@ def saturated_fraction(images, tol: float = SATURATION_TOL) -> torch.Tensor:
 
 
 __all__ += ["saturated", "saturated_fraction", "SATURATION_TOL", "resolve_classifier"]
+
+
+# -- point clouds: the sliced Wasserstein distance (2D toys, `ddpm_lite.oracle`) -------------------------------
+
+
+def _wasserstein_1d_pow(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
+    """W_p(a, b)^p between the empirical distributions of the columns of `a` [N, L] and `b` [M, L] (L problems).
+
+    In 1D the optimal transport plan is monotone: W_p^p = ∫_0^1 |F_a^{-1}(u) − F_b^{-1}(u)|^p du with the
+    quantile functions F^{-1}. For empirical distributions both are step functions that jump at u = i/N and
+    u = j/M, so the integral is an exact finite sum over the merged breakpoints (N = M: the mean of
+    |a_(i) − b_(i)|^p over the sorted values)."""
+    a, b = a.sort(dim=0).values, b.sort(dim=0).values
+    n, m = a.shape[0], b.shape[0]
+    if n == m:
+        return ((a - b).abs() ** p).mean(0)
+    u = torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n,
+                   torch.arange(1, m + 1, dtype=torch.float64) / m]).sort().values
+    du = torch.diff(u, prepend=u.new_zeros(1))
+    mid = u - du / 2                                   # inside each interval both quantile functions are constant
+    ia = (mid * n).floor().long().clamp(max=n - 1)
+    ib = (mid * m).floor().long().clamp(max=m - 1)
+    return (du[:, None] * (a[ia] - b[ib]).abs() ** p).sum(0)
+
+
+def sliced_directions(dim: int, n_projections: int = 128, seed: int = 0) -> torch.Tensor:
+    """Unit vectors [n_projections, dim] for `sliced_wasserstein`: in 2D, angles evenly spaced over [0, π)
+    (a deterministic quadrature of the average over directions); in other dimensions, normalised Gaussian
+    draws from `seed`."""
+    if n_projections < 1:
+        raise ValueError(f"n_projections must be >= 1, got {n_projections}")
+    if dim == 1:
+        return torch.ones(1, 1, dtype=torch.float64)
+    if dim == 2:
+        angles = torch.arange(n_projections, dtype=torch.float64) * (torch.pi / n_projections)
+        return torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(n_projections, dim, generator=g, dtype=torch.float64)
+    return d / d.norm(dim=1, keepdim=True)
+
+
+def sliced_wasserstein(a, b, p: float = 2.0, n_projections: int = 128, seed: int = 0) -> float:
+    """The sliced p-Wasserstein distance between two point clouds a [N, D] and b [M, D] (N ≠ M allowed).
+
+        SW_p(a, b) = ( E_θ [ W_p(θᵀa, θᵀb)^p ] )^{1/p},   θ uniform on the unit sphere,
+
+    the optimal-transport distance averaged over 1D projections, where it is exact and cheap (sorting; see
+    `_wasserstein_1d_pow`). Rabin, Peyré, Delon & Bernot 2011 ("Wasserstein barycenter and its application to
+    texture mixing"); Bonneel, Rabin, Peyré & Pfister 2015. It is a metric on distributions, in the units of the
+    data: SW_2 between a cloud and the same cloud shifted by s is |s| / √D (2D: |s| / √2).
+
+    Between two *finite* samples of the same distribution it is not 0 but shrinks like 1/√N: compare a
+    measured distance with that sampling floor (two independent samples of the target), as
+    `ddpm_lite.oracle` does. The directions are a fixed quadrature (`sliced_directions`), so the result is
+    deterministic.
+    """
+    a, b = _as_float64(a, "a"), _as_float64(b, "b")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must be point clouds [N, D] and [M, D] with the same D, got shapes "
+                         f"{list(a.shape)} and {list(b.shape)}")
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        raise ValueError("a and b need at least one point each")
+    if p < 1:
+        raise ValueError(f"p must be >= 1, got {p}")
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError("a and b must be finite (did sampling diverge?)")
+    theta = sliced_directions(a.shape[1], n_projections, seed)
+    return float(_wasserstein_1d_pow(a @ theta.T, b @ theta.T, p).mean() ** (1.0 / p))
+
+
+__all__ += ["sliced_wasserstein", "sliced_directions"]

@@ -21,6 +21,8 @@
 # * DPM-Solver++(2M) as an ODE solver, and why DDIM is its first-order special case;
 # * the measured trade-off: class accuracy, Fréchet distance and seconds against the number of network
 #   evaluations (NFE) for DDPM-style, DDIM and DPM-Solver++ sampling;
+# * with an exact denoiser on 2D toy data, how a sampler's error splits into discretisation error and model
+#   error, and where adding steps stops paying;
 # * a widget to try any sampler and step count on the same noise.
 #
 # We use the trained class-conditional digits model that ships with the course (`assets/checkpoints/digits`)
@@ -45,10 +47,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ddpm_lite import metrics, plots, samplers
+from ddpm_lite import metrics, plots, samplers, toys
 from ddpm_lite.checkpoint import from_pretrained
 from ddpm_lite.data import load_dataset
+from ddpm_lite.diffusion import GaussianDiffusion
 from ddpm_lite.exercises import nb06
+from ddpm_lite.oracle import error_decomposition, fit_toy_denoiser, sample_points
 from ddpm_lite.widgets import SamplerExplorer
 
 plots.setup()                  # small figures (72 dpi), grey images, pixel-sharp 8×8 digits
@@ -523,7 +527,160 @@ assert min(dist[k] for k in samples if k[0] == "DDIM η=1") > 5 * dist[("DDIM", 
 # step and ends at different digits for the same $x_T$: still good digits, just not the same ones.
 
 # %% [markdown]
-# ## 7 · Try it: the sampler explorer
+# ## 7 · Discretisation error or model error? An exact oracle in 2D
+#
+# A sample from a trained network and a few-step sampler is wrong for two reasons, which the digits
+# measurements of section 5 cannot tell apart:
+#
+# * **discretisation error**: the sampler replaces the continuous reverse process (the probability-flow ODE
+#   of section 4) by $S$ steps;
+# * **model error**: the network's $\varepsilon_\theta(x_t, t)$ is not the true $\mathbb E[\varepsilon \mid x_t]$.
+#
+# For a Gaussian mixture the true $\mathbb E[\varepsilon \mid x_t]$ is known in closed form
+# (`toys.ExactGMMDenoiser`, notebook 02 §8), so the two errors can be measured one at a time:
+#
+# | run | its error |
+# |---|---|
+# | exact denoiser, $S$ steps | discretisation only |
+# | learned denoiser, 200 steps | model only (200 steps make discretisation negligible: checked below, the exact denoiser there sits at the sampling floor) |
+# | learned denoiser, $S$ steps | both |
+#
+# The data is the ring of notebook 02 (8 Gaussians, radius 0.7, standard deviation 0.07) with the digits
+# model's schedule (linear, $T = 1000$). The learned denoiser is a `ToyMLP` trained for 600 steps
+# (`ddpm_lite.oracle.fit_toy_denoiser`, a few seconds): deliberately imperfect, like every real network.
+#
+# **The distance.** To compare a cloud of samples $a$ with data samples $b$ we use the *sliced Wasserstein
+# distance* (`metrics.sliced_wasserstein`; Rabin et al. 2011, Bonneel et al. 2015),
+#
+# $$
+# \mathrm{SW}_2(a, b) = \Big(\mathbb E_{\theta}\; W_2^2\big(\theta^\top a,\ \theta^\top b\big)\Big)^{1/2},
+# $$
+#
+# the optimal-transport distance $W_2$ between the 1D projections on a direction $\theta$ (in 1D it simply
+# pairs the sorted values), averaged over directions. It is in the units of $x$: shifting a cloud by $s$ moves
+# it by $|s|/\sqrt 2$ in 2D. Between two finite samples of the same distribution it is not 0 but about
+# $1/\sqrt n$ small, so every table also shows that **floor**: two independent samples of the data.
+#
+# As for digits, $\hat x_0$ is clipped to $[-1, 1]$ at every step (`threshold="static"`; the ring lies well
+# inside the square). The end of this section shows why that matters for the learned model.
+
+# %%
+ORACLE_STEPS = (2, 3, 5, 10, 20, 50)     # step counts (= NFE) of DDIM and DPM-Solver++ on the 2D toy
+ring = toys.GaussianMixture.ring(8, radius=0.7, std=0.07)
+toy_diffusion = GaussianDiffusion("linear", T)          # the digits model's schedule: linear, T = 1000
+start = time.perf_counter()
+toy_model = fit_toy_denoiser(ring, toy_diffusion, steps=600, seed=0)   # a ToyMLP, 600 AdamW steps
+train_seconds = time.perf_counter() - start
+start = time.perf_counter()
+dec = error_decomposition(ring, toy_diffusion, toy_model, sampler_names=("ddim", "dpmpp2m"),
+                          steps=ORACLE_STEPS, many_steps=200, n=2000, threshold="static")
+print(f"ToyMLP trained in {train_seconds:.1f} s; all the sampling below: {time.perf_counter() - start:.1f} s")
+print(dec.table())
+
+# %%
+names = {"ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)"}
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+for ax, (key, name) in zip(axes, names.items()):
+    rows = [r for r in dec.rows if r["sampler"] == key]
+    nfe = [r["steps"] for r in rows]
+    ax.loglog(nfe, [r["discretisation"] for r in rows], "C0-o", label="exact denoiser: discretisation error")
+    ax.loglog(nfe, [r["total"] for r in rows], "C1--s", label="learned denoiser: total error")
+    ax.axhline(dec.model_error[key], color="C1", lw=1, label=f"learned, {dec.many_steps} steps: model error")
+    ax.axhline(dec.floor, color="k", ls=":", lw=1, label="floor (data vs data)")
+    ax.set(xlabel="network evaluations (NFE)", title=name)
+    ax.minorticks_off()
+    ax.set_xticks(ORACLE_STEPS, [str(k) for k in ORACLE_STEPS])
+    ax.set_yticks([0.02, 0.05, 0.1, 0.2, 0.5], ["0.02", "0.05", "0.1", "0.2", "0.5"])
+axes[0].set_ylabel("sliced Wasserstein SW₂ to the data")
+axes[0].legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# what the errors look like, from the same x_T: discretisation only (exact denoiser, 5 NFE) and model only
+# (learned denoiser, 200 NFE)
+x_T_toy = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
+exact_toy = toys.ExactGMMDenoiser(ring, toy_diffusion.schedule)
+clouds = {"data": ring.sample(2000, generator=torch.Generator().manual_seed(1)),
+          "exact, DDIM 5 NFE": sample_points(exact_toy, toy_diffusion, x_T_toy, "ddim", 5, threshold="static"),
+          "exact, DPM-Solver++ 5 NFE": sample_points(exact_toy, toy_diffusion, x_T_toy, "dpmpp2m", 5,
+                                                     threshold="static"),
+          "learned, DDIM 200 NFE": sample_points(toy_model, toy_diffusion, x_T_toy, "ddim", 200, threshold="static")}
+fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+for ax, (name, x) in zip(axes, clouds.items()):
+    plots.plot_2d(x, ax=ax, lim=1.0, s=2, title=name)
+fig.tight_layout()
+plt.show()
+
+# %%
+by = {(r["sampler"], r["steps"]): r for r in dec.rows}
+
+
+def crossover(key):
+    """The fewest NFE at which the exact sampler's discretisation error is below the model error."""
+    return min(s for s in ORACLE_STEPS if by[(key, s)]["discretisation"] < dec.model_error[key])
+
+
+for key, name in names.items():
+    print(f"{name}: discretisation error falls below the model error ({dec.model_error[key]:.3f}) at "
+          f"{crossover(key)} NFE; at {max(ORACLE_STEPS)} NFE the learned sampler's total error is "
+          f"{by[(key, max(ORACLE_STEPS))]['total']:.3f}")
+# 200 steps with the exact denoiser reach the floor: the "model error" runs have no discretisation error left
+assert all(v < 1.5 * dec.floor for v in dec.exact_many.values()), (dec.exact_many, dec.floor)
+# the learned model is measurably imperfect
+assert all(v > 2 * dec.floor for v in dec.model_error.values()), (dec.model_error, dec.floor)
+for key in names:
+    # few steps: discretisation dominates, the learned sampler is about as far off as the exact one
+    assert abs(by[(key, 3)]["total"] - by[(key, 3)]["discretisation"]) < 0.3 * by[(key, 3)]["discretisation"]
+    # many steps: what is left is the model error
+    assert abs(by[(key, max(ORACLE_STEPS))]["total"] - dec.model_error[key]) < 0.15 * dec.model_error[key]
+    assert by[(key, 2)]["discretisation"] > 5 * by[(key, max(ORACLE_STEPS))]["discretisation"]
+# the second-order solver gets its discretisation error under the model error in fewer steps
+assert crossover("dpmpp2m") < crossover("ddim")
+
+# %% [markdown]
+# Read each panel from the left:
+#
+# * **Few steps: the sampler is the bottleneck.** The learned model's error (dashed) sits on top of the
+#   exact denoiser's (solid): a perfect network would not do better with this sampler at this NFE. Here a
+#   better solver or more steps help; a better network does not. In the scatter plots, 5 DDIM steps blur
+#   the ring into a disc even with the exact denoiser: the last step jumps from $t = 199$, where the noise
+#   ($\sqrt{1-\bar\alpha_t} \approx 0.6$) is larger than the gaps between the modes, straight to
+#   $\mathbb E[x_0 \mid x_t]$, an average over modes. DPM-Solver++ with the same 5 evaluations resolves them.
+# * **Many steps: the network is the bottleneck.** Once the discretisation error is below the model error
+#   (the horizontal line), more steps buy nothing: the learned samples converge to the learned model's ODE
+#   solution, which is not the data (its modes are smeared along the ring: "learned, DDIM 200 NFE"). Only a
+#   better model helps.
+# * **The crossover** is where to stop adding steps. DPM-Solver++ reaches it in fewer evaluations than DDIM
+#   (second order against first, section 4). A better-trained model lowers the red line and moves the
+#   crossover to more steps: the payoff of a high-order solver grows with the quality of the network.
+#   Errors do not simply add (a distance is not a variance), but they are bounded by the sum: by the triangle
+#   inequality the total error is at most the learned sampler's own discretisation error plus the model error.
+#
+# **Why clip $\hat x_0$?** Without the clipping the exact denoiser samples the same, but a few of the learned
+# model's samples run away:
+
+# %%
+free = {name: sample_points(m, toy_diffusion, x_T_toy, "ddim", 50)          # threshold=None
+        for name, m in (("exact", exact_toy), ("learned", toy_model))}
+runaway = free["learned"].norm(dim=1) > 2                                            # the ring has radius 0.7
+print(f"DDIM, 50 steps, no clipping: {int((free['exact'].norm(dim=1) > 2).sum())} exact and {int(runaway.sum())} "
+      f"learned samples of {len(x_T_toy)} end beyond |x| = 2"
+      + (f" (as far as |x| = {float(free['learned'].norm(dim=1).max()):.0f}); their starting noise has "
+         f"|x_T| ≥ {float(x_T_toy[runaway].norm(dim=1).min()):.1f}" if runaway.any() else ""))
+print(f"1/√ᾱ at t = {T - 1}: {float(toy_diffusion.schedule.alphas_cumprod[-1]) ** -0.5:.0f}")
+assert int((free["exact"].norm(dim=1) > 2).sum()) == 0
+
+# %% [markdown]
+# The runaways all start in the outer tail of $x_T \sim \mathcal N(0, I)$, where the network has seen few
+# training points at $t \approx T$. There its $\hat\varepsilon$ is off by a little, and
+# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ multiplies that little by
+# $1/\sqrt{\bar\alpha_t}$ (printed above). The first steps then aim at a wildly wrong $\hat x_0$, and the
+# deterministic sampler follows it to the end. Clipping $\hat x_0$ to the data range repairs exactly this, one
+# reason the image samplers clip by default; it is a model error that clipping hides, not a discretisation
+# error (more steps do not help).
+
+# %% [markdown]
+# ## 8 · Try it: the sampler explorer
 #
 # Pick a sampler and a number of steps. Every choice starts from the same ten noises (one per digit), is
 # sampled once (timed) and cached; the right panel collects the seconds of every run so far against its
@@ -558,6 +715,10 @@ assert explorer.run("dpmpp2m", 5)["nfe"] == 5 and explorer.sample_calls == 2
 #   5–10 evaluations, and DDIM at 50 is within a few points of the best accuracy at 1/20 of DDPM's cost.
 #   The solvers differ in how fast they converge to the same images: DPM-Solver++(2M) at 10 evaluations is
 #   as close to the converged samples as DDIM at 50.
+# * With an exact denoiser (a 2D Gaussian mixture) a sampler's error splits into **discretisation error**
+#   (exact denoiser, $S$ steps) and **model error** (learned denoiser, many steps). With few steps the
+#   sampler dominates; past the crossover (on the toy: about 20 NFE for DDIM, 5 for DPM-Solver++) only a
+#   better network helps.
 #
 # ## What comes next
 #
@@ -576,7 +737,9 @@ assert explorer.run("dpmpp2m", 5)["nfe"] == 5 and explorer.sample_calls == 2
 # X. Yang, *Common Diffusion Noise Schedules and Sample Steps are Flawed*, WACV 2024 (trailing spacing).
 # J. Sohl-Dickstein et al., *Deep Unsupervised Learning using Nonequilibrium Thermodynamics*, ICML 2015.
 # T. Karras, M. Aittala, T. Aila, S. Laine, *Elucidating the Design Space of Diffusion-Based Generative
-# Models*, NeurIPS 2022 (§4, stochastic sampling).
+# Models*, NeurIPS 2022 (§4, stochastic sampling). J. Rabin, G. Peyré, J. Delon, M. Bernot, *Wasserstein Barycenter
+# and its Application to Texture Mixing*, SSVM 2011, and N. Bonneel, J. Rabin, G. Peyré, H. Pfister, *Sliced and
+# Radon Wasserstein Barycenters of Measures*, JMIV 2015 (the sliced Wasserstein distance).
 
 # %%
 elapsed = time.perf_counter() - NOTEBOOK_START

@@ -18,6 +18,8 @@
 # * what goes wrong at large $w$ with the usual **static clipping** of $\hat x_0$ (saturated samples,
 #   $\hat x_0$ far outside $[-1, 1]$) and what Imagen's **dynamic thresholding** changes, on the same seeds,
 #   with the value histograms that explain it, and when it pays off on digits;
+# * what guidance really samples: with exact scores on a 2D mixture, **not** the tilted distribution
+#   $p(x \mid c)\,p(c \mid x)^w$ it is motivated by, and why;
 # * what else Imagen found (frozen text encoders, scaling the text encoder) and where the course goes next.
 #
 # *Run time: about a minute on a 2-core laptop CPU.*
@@ -40,10 +42,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ddpm_lite import metrics, plots, samplers
+from ddpm_lite import metrics, oracle, plots, samplers, toys
 from ddpm_lite.checkpoint import from_pretrained
 from ddpm_lite.data import load_dataset
-from ddpm_lite.diffusion import dynamic_threshold, null_labels, static_threshold
+from ddpm_lite.diffusion import GaussianDiffusion, dynamic_threshold, null_labels, static_threshold
 from ddpm_lite.exercises import nb07
 from ddpm_lite.widgets import GuidanceExplorer
 
@@ -79,7 +81,8 @@ assert model.num_classes == 10
 # **Why it works.** $\varepsilon_\theta$ is a scaled score, $\varepsilon_\theta(x_t, c) \approx -\sigma_t \nabla_{x_t}\log p(x_t \mid c)$,
 # so by Bayes' rule the difference $\varepsilon_\theta(x_t, c) - \varepsilon_\theta(x_t, \varnothing) \approx -\sigma_t\nabla_{x_t}\log p(c \mid x_t)$
 # is the gradient of an *implicit classifier*. Guidance samples from (roughly)
-# $p(x_t \mid c)\,p(c \mid x_t)^{w}$: samples the implicit classifier is very sure about. That is higher
+# $p(x_t \mid c)\,p(c \mid x_t)^{w}$: samples the implicit classifier is very sure about (how rough that
+# "roughly" is, section 5 measures exactly). That is higher
 # fidelity to the class, and fewer of the class's less typical members: lower diversity. No separate
 # classifier is trained (unlike Dhariwal & Nichol's *classifier* guidance); the cost is two network
 # evaluations per step, which `ddpm_lite` runs as one batch of $2B$.
@@ -397,8 +400,174 @@ assert ratio[W_MODERATE] < 1 < ratio[W_LARGE], ratio
 # balance (a lower $p$ gives a smaller $s$: less greying, more clipping). Try it yourself in the widget:
 # `GuidanceExplorer(model, diffusion, weights=(0, 2, 4, 8), thresholds=("static", "dynamic"), percentile=0.95)`,
 # then toggle between the two at each weight.
+
+# %% [markdown]
+# ## 5 · What does guidance sample? An exact check in 2D
 #
-# ## 5 · Imagen's other findings, and where the course goes next
+# Section 1 motivated guidance with Bayes' rule: it samples "(roughly)" $p(x \mid c)\,p(c \mid x)^w$. On digits
+# we cannot check that: we know neither the true scores nor that distribution. On a Gaussian mixture we know
+# both exactly, so we can run guidance with a *perfect* model and compare what it samples with what it is
+# supposed to sample.
+#
+# **The toy.** Three overlapping classes in the plane, $p(x \mid c) = \mathcal N(m_c, 0.3^2 I)$ for
+# $c = 0, 1, 2$, equally likely, so $p(x) = \frac13 \sum_c p(x \mid c)$. `toys.ExactGMMDenoiser` gives the
+# exact $\varepsilon^*(x_t, c) = \mathbb E[\varepsilon \mid x_t, c]$ and, for the null label, the exact
+# unconditional $\varepsilon^*(x_t, \varnothing)$: guidance with them has no network error at all.
+#
+# **The target, the tilted distribution.**
+#
+# $$
+# p_w(x \mid c) \;\propto\; p(x \mid c)\,p(c \mid x)^{w} \;\propto\; p(x \mid c)^{1+w}\,p(x)^{-w}
+# $$
+#
+# (the same up to a constant, since $p(c \mid x) = p(x \mid c)\,p(c)/p(x)$). `oracle.TiltedMixture` has its
+# exact density (the normalising constant by quadrature) and draws exact samples by rejection: draw
+# $x \sim p(x \mid c)$ and keep it with probability $p(c \mid x)^w$, which is at most 1.
+#
+# **The measurement** (`oracle.guidance_gap`). Guided sampling of class 0 with
+# $\tilde\varepsilon = (1 + w)\,\varepsilon^*(x_t, c) - w\,\varepsilon^*(x_t, \varnothing)$ from 2000 noises, with
+# deterministic DDIM at 200 steps (enough that the sampler's own error is negligible: at $w = 0$ it must
+# reproduce $p(x \mid c)$) and with 1000-step ancestral DDPM. The distance is the sliced Wasserstein distance
+# $\mathrm{SW}_2$ (`metrics.sliced_wasserstein`: the optimal-transport distance between the 1D projections
+# of two point clouds, averaged over directions, in the units of $x$; notebook 06 §7), next to its
+# **floor**, the distance between two independent exact samples of the target.
+
+# %%
+ORACLE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)   # guidance weights for the exact 2D check
+W_SHOW = 4.0                                 # the weight drawn below (s = 5, as in text-to-image models)
+three = toys.GaussianMixture([1.0, 1.0, 1.0], [[-0.6, -0.35], [0.6, -0.35], [0.0, 0.7]], stds=0.3)
+toy_diffusion = GaussianDiffusion("linear", 1000)        # the digits model's schedule: linear, T = 1000
+start = time.perf_counter()
+gap = {"DDIM": oracle.guidance_gap(three, toy_diffusion, 0, ORACLE_WEIGHTS, n=2000, sampler="ddim", steps=200),
+       "DDPM": oracle.guidance_gap(three, toy_diffusion, 0, ORACLE_WEIGHTS, n=2000, sampler="ddpm", steps=None)}
+# control: the same gap with four times as many DDIM steps
+gap_800 = oracle.guidance_gap(three, toy_diffusion, 0, (W_SHOW,), n=2000, sampler="ddim", steps=800).rows[0]
+print(f"exact guided sampling, {len(ORACLE_WEIGHTS)} weights × 2 samplers: {time.perf_counter() - start:.1f} s")
+rows = {name: {r["w"]: r for r in g.rows} for name, g in gap.items()}
+print(f"{'w':>4} {'p_w vs p(x|c)':>14} {'DDIM-CFG vs p_w':>16} {'DDPM-CFG vs p_w':>16} {'floor':>6}")
+for w in ORACLE_WEIGHTS:
+    r = rows["DDIM"][w]
+    print(f"{w:4g} {r['tilt']:14.3f} {r['to_tilted']:16.3f} {rows['DDPM'][w]['to_tilted']:16.3f} {r['floor']:6.3f}")
+print(f"DDIM-CFG vs p_w at w = {W_SHOW:g}: {rows['DDIM'][W_SHOW]['to_tilted']:.3f} with 200 steps, "
+      f"{gap_800['to_tilted']:.3f} with 800")
+
+# %%
+target = oracle.TiltedMixture.for_class(three, 0, W_SHOW)
+grid = torch.linspace(-2.2, 1.6, 161, dtype=torch.float64)
+gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+dens = target.log_prob(torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)).exp().reshape(gx.shape)
+# density levels that enclose 50 %, 90 % and 99 % of p_w's mass
+cell = float(grid[1] - grid[0]) ** 2
+sorted_d = dens.reshape(-1).sort(descending=True).values
+mass = sorted_d.cumsum(0) * cell
+levels = sorted(float(sorted_d[int((mass < q).sum())]) for q in (0.5, 0.9, 0.99))
+
+data_x, data_c = three.sample(1500, generator=torch.Generator().manual_seed(3), return_labels=True)
+panels = {"data: class 0 (blue), 1 and 2": (data_x, data_c),
+          f"target p_w(x | 0), w = {W_SHOW:g}": (gap["DDIM"].tilted[W_SHOW], None),
+          f"CFG, DDIM 200 steps, w = {W_SHOW:g}": (gap["DDIM"].guided[W_SHOW], None),
+          f"CFG, DDPM 1000 steps, w = {W_SHOW:g}": (gap["DDPM"].guided[W_SHOW], None)}
+fig, axes = plt.subplots(1, 5, figsize=(16, 3.4), gridspec_kw={"width_ratios": [1, 1, 1, 1, 1.25]})
+for ax, (title, (x, c)) in zip(axes, panels.items()):
+    x = x.float()[:1500]
+    colour = "C0" if c is None else np.array(["C0", "0.55", "0.8"])[c.numpy()]
+    ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, c=colour, linewidths=0)
+    ax.contour(gx.numpy(), gy.numpy(), dens.numpy(), levels=levels, colors="k", linewidths=0.8)
+    ax.set(xlim=(-2.2, 1.6), ylim=(-1.9, 1.9), aspect="equal")
+    ax.set_title(title, fontsize=9)
+ax = axes[-1]
+for name, style in (("DDIM", "C0-o"), ("DDPM", "C1-s")):
+    ax.plot(ORACLE_WEIGHTS, [rows[name][w]["to_tilted"] for w in ORACLE_WEIGHTS], style, label=f"CFG ({name}) vs p_w")
+ax.plot(ORACLE_WEIGHTS, [rows["DDIM"][w]["tilt"] for w in ORACLE_WEIGHTS], "k--", lw=1, label="p_w vs p(x | c)")
+ax.plot(ORACLE_WEIGHTS, [rows["DDIM"][w]["floor"] for w in ORACLE_WEIGHTS], "k:", lw=1, label="floor")
+ax.set(xlabel="guidance weight w", ylabel="SW₂")
+ax.set_title("distance to the tilted target", fontsize=9)
+ax.legend(fontsize=7)
+fig.suptitle(f"black contours: the tilted target p_w(x | 0) at w = {W_SHOW:g} (50 %, 90 %, 99 % of its mass)",
+             fontsize=10, y=1.02)
+fig.tight_layout()
+plt.show()
+
+# %%
+m0 = three.means[0].double()
+away = m0 - three.means[1:].double().mean(0)                 # from the other two classes towards class 0
+away = away / away.norm()
+clouds = {"p(x | 0)": oracle.TiltedMixture.for_class(three, 0, 0.0).sample(2000, generator=torch.Generator().manual_seed(4)),
+          "p_w(x | 0)": gap["DDIM"].tilted[W_SHOW], "CFG, DDIM": gap["DDIM"].guided[W_SHOW],
+          "CFG, DDPM": gap["DDPM"].guided[W_SHOW]}
+shift = {k: float((x.double().mean(0) - m0) @ away) for k, x in clouds.items()}
+spread = {k: float(x.double().std(0).mean()) for k, x in clouds.items()}
+for k in clouds:
+    print(f"{k:>11}: mean moved {shift[k]:+.3f} away from the other classes, spread (std) {spread[k]:.3f}")
+ddim_vs_ddpm = metrics.sliced_wasserstein(gap["DDIM"].guided[W_SHOW], gap["DDPM"].guided[W_SHOW])
+print(f"DDIM-CFG vs DDPM-CFG at w = {W_SHOW:g}: SW₂ = {ddim_vs_ddpm:.3f}")
+
+floor = float(np.mean([r["floor"] for r in gap["DDIM"].rows]))   # the sampling floor, averaged over w
+print(f"sampling floor (mean over w): {floor:.3f}")
+# w = 0: both samplers reproduce p(x|c) up to sampling noise (the exact denoiser has no model error)
+assert rows["DDIM"][0.0]["to_tilted"] < 2 * floor and rows["DDPM"][0.0]["to_tilted"] < 2 * floor
+for w in ORACLE_WEIGHTS[2:]:                                   # w >= 1
+    # guided samples are far from the tilted target, further than the tilt itself moves the class
+    assert rows["DDIM"][w]["to_tilted"] > 5 * floor and rows["DDIM"][w]["to_tilted"] > 2 * rows["DDIM"][w]["tilt"]
+    assert rows["DDPM"][w]["to_tilted"] > 3 * floor and rows["DDPM"][w]["to_tilted"] > 1.5 * rows["DDPM"][w]["tilt"]
+# not a discretisation error: four times the steps, the same gap
+assert abs(gap_800["to_tilted"] - rows["DDIM"][W_SHOW]["to_tilted"]) < 0.05 * gap_800["to_tilted"]
+# guidance overshoots: the samples move several times further out than the tilted target (DDIM also contracts)
+assert min(shift["CFG, DDIM"], shift["CFG, DDPM"]) > 3 * shift["p_w(x | 0)"]
+assert spread["CFG, DDIM"] < 0.8 * spread["p_w(x | 0)"]
+# ... and the two samplers, which would agree for the scores of one diffusion, disagree
+assert ddim_vs_ddpm > 4 * floor
+
+# %% [markdown]
+# With $w = 0$ both samplers reproduce $p(x \mid c)$, as they must with an exact denoiser. With $w > 0$:
+#
+# * The **target** $p_w$ moves little (dashed line): the tilt only reweights the class by $p(c \mid x)^w$,
+#   removing the part of the blob that the other two classes also explain. It cannot put mass where
+#   $p(x \mid c)$ has little, because $p_w \le p(x \mid c)/Z$.
+# * **Guided sampling** moves much further: its samples are pushed away from the other classes, out of
+#   the bulk of $p(x \mid c)$ (with DDIM they also contract into a crescent at the far edge). The gap to
+#   the target, several times the sampling floor from $w = 0.5$ on, grows with $w$, and it is not the
+#   sampler's fault: it is the same at 800 steps as at 200. Chidambaram et al. (2024) prove this behaviour for simple mixtures:
+#   as $w$ grows, guidance samples more and more from the edge of the class's support (in their examples,
+#   the edge facing away from the other classes).
+# * **DDIM and DDPM disagree** with each other, too: the stochastic sampler lands closer to the target (but
+#   still well above the floor) and keeps the target's spread. Given the scores of one genuine diffusion,
+#   the deterministic and the stochastic sampler produce the same distribution; with guidance they do not.
+#
+# **Why.** The guided noise prediction is a scaled score, as in section 1. With
+# $\varepsilon^*(x_t, \cdot) = -\sigma_t \nabla_{x_t} \log p_t(x_t \mid \cdot)$,
+#
+# $$
+# \tilde\varepsilon = (1 + w)\,\varepsilon^*(x_t, c) - w\,\varepsilon^*(x_t, \varnothing)
+# = -\sigma_t\, \nabla_{x_t} \log\!\big[\,p_t(x_t \mid c)^{1+w}\; p_t(x_t)^{-w}\,\big],
+# $$
+#
+# so at every noise level the sampler follows the score of the **tilt of the noised distributions**
+# $p_t(\cdot \mid c)$ and $p_t$. To sample $p_w$ it would need the score of the **noised tilted distribution**,
+# $\int q(x_t \mid x_0)\, p_w(x_0 \mid c)\,\mathrm dx_0$. The two agree at $t = 0$ and not in general for
+# $t > 0$: adding noise (a convolution) and tilting (powers and products of densities) do not commute,
+#
+# $$
+# \int q(x_t \mid x_0)\, \frac{p(x_0 \mid c)^{1+w}\, p(x_0)^{-w}}{Z}\,\mathrm dx_0
+# \;\ne\; \frac{p_t(x_t \mid c)^{1+w}\, p_t(x_t)^{-w}}{Z_t}.
+# $$
+#
+# At high noise the classes overlap, $p_t(c \mid x_t)$ changes slowly but everywhere, and
+# $w\,\nabla \log p_t(c \mid x_t)$ pushes every sample away from the other classes while nothing is decided
+# yet; the later steps, which follow $p_t(x \mid c)$ near the data, do not take that push back. Moreover, the
+# family $p_t(x \mid c)^{1+w} p_t(x)^{-w}$ is not the set of marginals of *any* one diffusion, so samplers
+# that agree for true scores (the ODE of DDIM, the SDE of DDPM) need not agree. Bradley & Nakkiran (2024)
+# show that neither generates $p(x \mid c)^{\gamma} p(x)^{1-\gamma}$ ($\gamma = 1 + w$), and that in the SDE
+# limit guided sampling is a predictor-corrector method: a DDIM step for $p(x \mid c)$ followed by Langevin
+# steps that sharpen towards a powered distribution $p_t(x \mid c)^{\gamma'} p_t(x)^{1-\gamma'}$, with a
+# $\gamma'$ that is not simply $1 + w$.
+#
+# So "guidance samples $p(x \mid c)\,p(c \mid x)^w$" is a motivation, not a fact. What guidance does
+# deliver is what section 3 measured: samples that are more typical of their class *and* less diverse,
+# here even less diverse than the tilted target, and pushed past it.
+
+# %% [markdown]
+# ## 6 · Imagen's other findings, and where the course goes next
 #
 # Dynamic thresholding is one of three ideas in *Photorealistic Text-to-Image Diffusion Models with Deep
 # Language Understanding* (Saharia et al. 2022). The others are about the condition, which in Imagen is a
@@ -439,6 +608,10 @@ assert ratio[W_MODERATE] < 1 < ratio[W_LARGE], ratio
 #   samples; Imagen's dynamic thresholding rescales each sample by its $p$-th percentile $s$ and keeps
 #   $\hat x_0$ inside $[-1, 1]$ with far fewer saturated values. On nearly black-and-white digits that pays
 #   off at moderate weights; at large ones the greyed background costs more than the saturation it removes.
+# * Guidance does **not** sample the tilted distribution $p(x \mid c)\,p(c \mid x)^w$: with exact scores on
+#   a 2D mixture it lands far from it (several times the sampling floor for $w \ge 1$, whatever the number of
+#   steps), overshooting away from the other classes, and DDIM and DDPM disagree. Its score is the tilt of
+#   the *noised* distributions, not the score of the noised tilt.
 # * Imagen's other lessons: a large **frozen** text encoder, scaling it matters more than scaling the U-Net,
 #   and an efficient U-Net in a cascade.
 #
@@ -455,7 +628,9 @@ assert ratio[W_MODERATE] < 1 < ratio[W_LARGE], ratio
 # Understanding* (Imagen), NeurIPS 2022 (§2.3, §2.4, Fig. 4). P. Dhariwal, A. Nichol, *Diffusion
 # Models Beat GANs on Image Synthesis*, NeurIPS 2021 (classifier guidance). T. Kynkäänniemi et al.,
 # *Improved Precision and Recall Metric for Assessing Generative Models*, NeurIPS 2019. A. Nichol et al.,
-# *GLIDE*, ICML 2022.
+# *GLIDE*, ICML 2022. M. Chidambaram, K. Gatmiry, S. Chen, H. Lee, J. Lu, *What does guidance
+# do? A fine-grained analysis in a simple setting*, NeurIPS 2024, arXiv:2409.13074. A. Bradley, P. Nakkiran,
+# *Classifier-Free Guidance is a Predictor-Corrector*, arXiv:2408.09000 (2024; TMLR 2025).
 
 # %%
 elapsed = time.perf_counter() - NOTEBOOK_START

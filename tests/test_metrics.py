@@ -216,3 +216,68 @@ def test_nearest_neighbours_finds_copies_and_distances():
     assert torch.allclose(nearest_neighbours(fresh, train).distances, brute, atol=1e-5)
     with pytest.raises(ValueError, match="same image size"):
         nearest_neighbours(fresh, torch.zeros(3, 1, 4, 4))
+
+
+# -- sliced Wasserstein between point clouds (ddpm_lite.oracle) ------------------------------------------------
+
+
+def test_sliced_wasserstein_is_zero_for_identical_clouds_and_symmetric():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 2, generator=g), torch.randn(200, 2, generator=g) + 0.3
+    assert metrics.sliced_wasserstein(a, a) == 0.0
+    # the same empirical distribution written twice over is the same distribution
+    assert metrics.sliced_wasserstein(a, torch.cat([a, a.flip(0)])) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.sliced_wasserstein(a, b) == pytest.approx(metrics.sliced_wasserstein(b, a), rel=1e-12)
+    assert metrics.sliced_wasserstein(a, b) > 0.1
+
+
+def test_sliced_wasserstein_of_a_shift_is_its_length_over_sqrt2_in_2d():
+    # W_2 along direction θ between a cloud and its shift by s is |θ·s|; the mean of cos² over evenly spaced
+    # angles is exactly 1/2, so SW_2 = |s|/√2; SW_1 = mean |cos| · |s| → 2|s|/π
+    x = torch.randn(500, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for s in ([0.3, 0.4], [-1.0, 0.0], [0.05, -0.02]):
+        s = torch.tensor(s, dtype=torch.float64)
+        assert metrics.sliced_wasserstein(x, x + s) == pytest.approx(float(s.norm()) / 2 ** 0.5, rel=1e-9)
+        assert metrics.sliced_wasserstein(x, x + s, p=1, n_projections=4096) == pytest.approx(
+            2 * float(s.norm()) / np.pi, rel=1e-4)
+    dists = [metrics.sliced_wasserstein(x, x + torch.tensor([d, 0.0], dtype=torch.float64)) for d in (0.1, 0.2, 0.4)]
+    assert dists[0] < dists[1] < dists[2]
+    # in 3D (random directions) the same average is 1/3: approximately, with 2000 directions
+    x3 = torch.randn(400, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    s3 = torch.tensor([0.2, -0.4, 0.4], dtype=torch.float64)
+    assert metrics.sliced_wasserstein(x3, x3 + s3, n_projections=2000) == pytest.approx(0.6 / 3 ** 0.5, rel=0.05)
+
+
+def test_one_dimensional_wasserstein_matches_scipy_for_unequal_sizes():
+    from scipy.stats import wasserstein_distance
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(37, 1, generator=g, dtype=torch.float64)
+    b = 2 * torch.randn(53, 1, generator=g, dtype=torch.float64) + 1
+    expected = wasserstein_distance(a[:, 0].numpy(), b[:, 0].numpy())
+    assert metrics.sliced_wasserstein(a, b, p=1) == pytest.approx(expected, rel=1e-10)
+    # p = 2 in 1D with equal sizes: the root mean square difference of the sorted values
+    c = torch.randn(37, 1, generator=g, dtype=torch.float64)
+    rms = float(((a[:, 0].sort().values - c[:, 0].sort().values) ** 2).mean().sqrt())
+    assert metrics.sliced_wasserstein(a, c) == pytest.approx(rms, rel=1e-12)
+
+
+def test_sliced_wasserstein_sampling_floor_shrinks_like_one_over_sqrt_n():
+    def floor(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        return metrics.sliced_wasserstein(torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g))
+
+    small = np.mean([floor(200, s) for s in range(4)])
+    large = np.mean([floor(3200, s) for s in range(4)])
+    assert 2.0 < small / large < 8.0  # 1/√n predicts 4
+
+
+def test_sliced_wasserstein_rejects_bad_input():
+    with pytest.raises(ValueError, match="same D"):
+        metrics.sliced_wasserstein(torch.zeros(5, 2), torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="at least one point"):
+        metrics.sliced_wasserstein(torch.zeros(0, 2), torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="finite"):
+        metrics.sliced_wasserstein(torch.full((3, 2), float("nan")), torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="p must be"):
+        metrics.sliced_wasserstein(torch.zeros(3, 2), torch.zeros(5, 2), p=0.5)
