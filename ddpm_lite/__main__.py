@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="directory for the fine-tuned checkpoint")
     d.add_argument("--identifier", default="sks", help="the rare token [V] bound to the subject")
     d.add_argument("--class-noun", default="seven", help="the subject's class, as the prompts say it")
-    d.add_argument("--steps", type=int, default=150, help="fine-tuning steps")
+    d.add_argument("--steps", type=int, default=120, help="fine-tuning steps")
     d.add_argument("--lr", type=float, default=None, help="learning rate (default: 2e-4; 5e-2 for --train embedding)")
     d.add_argument("--prior-weight", type=float, default=1.0,
                    help="lambda of the prior-preservation loss (0 = plain fine-tuning, which drifts)")

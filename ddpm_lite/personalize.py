@@ -168,7 +168,7 @@ class _PromptEncoder:
 class DreamBoothConfig:
     identifier: str = DEFAULT_IDENTIFIER
     class_noun: str = "seven"
-    steps: int = 150
+    steps: int = 120
     lr: float = 2e-4                   # "embedding" wants more (about 5e-3): one row, far from the data
     batch_size: int = 8                # subject images per step (drawn with repetition from the few there are)
     prior_weight: float = 1.0          # λ of eq. 2; 0 = fine-tuning without prior preservation

@@ -140,3 +140,24 @@ def test_class_images_that_are_the_subject_are_named(classifier, subject):
         nb11.check_class_images(lambda p, cn, n, g: subject.repeat(2, 1, 1, 1), Pixel(), classifier, subject)
     with pytest.raises(NotAnsweredError):
         nb11.check_class_images(_todo, Pixel(), classifier, subject)
+
+
+# -- predict, then run ------------------------------------------------------------------------------------------
+
+def test_drift_prediction_commit_and_reveal(capsys):
+    assert nb11.commit_drift_prediction("(C)") == "c"
+    with pytest.raises(ExerciseError, match="commit to an answer first"):
+        nb11.commit_drift_prediction(None)
+    with pytest.raises(ExerciseError, match="not one of the choices"):
+        nb11.commit_drift_prediction("d")
+    # the truth comes from the measurement, never typed in
+    assert [nb11.drift_truth(a) for a in (1.0, 0.9, 0.5, 0.39, 0.0)] == ["a", "a", "b", "c", "c"]
+    capsys.readouterr()
+    assert nb11.reveal_drift("c", 0.17) is True
+    out = capsys.readouterr().out
+    assert "Right" in out and "17%" in out and "Why:" in out
+    for wrong in ("a", "b"):  # both wrong predictions are said to be wrong, with the reasoning
+        assert nb11.reveal_drift(wrong, 0.17) is False
+        out = capsys.readouterr().out
+        assert "Not what happened" in out and "weak prior" in out
+    assert nb11.reveal_drift("a", 0.95) is True and nb11.reveal_drift("c", 0.95) is False

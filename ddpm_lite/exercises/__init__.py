@@ -90,6 +90,39 @@ def expect_close(answer, reference, name: str, rtol: float = 1e-4, atol: float =
         )
 
 
+# -- "predict, then run" -------------------------------------------------------------------------------------------
+
+def commit_choice(answer, choices: dict, name: str = "prediction", echo: bool = True) -> str:
+    """Validate a prediction made *before* the cell that reveals the truth runs: `answer` must be one of the
+    keys of `choices` ({"a": "what it says", ...}). Prints the committed answer back (`echo`); returns it
+    normalised."""
+    if answer is None:
+        raise ExerciseError(f"commit to an answer first: set `{name}` to one of "
+                            f"{', '.join(repr(k) for k in choices)} before running the cells that reveal it.")
+    key = str(answer).strip().lower().strip("()")
+    if key not in choices:
+        raise ExerciseError(f"`{name}` = {answer!r} is not one of the choices {', '.join(repr(k) for k in choices)}.")
+    if echo:
+        print(f"📝 Your prediction: ({key}) {choices[key]}")
+    return key
+
+
+def reveal_choice(answer, truth: str, choices: dict, why: str, measured: str = "") -> bool:
+    """After the run: compare the committed `answer` with the `truth` (a key of `choices`, computed from what
+    was just measured, never typed in), print which it was and the reasoning `why`. Returns True when the
+    prediction was right. A wrong prediction is not an error (the notebook goes on), but it is said plainly."""
+    key = commit_choice(answer, choices, echo=False)
+    if truth not in choices:
+        raise ValueError(f"truth {truth!r} is not one of the choices {list(choices)}")
+    what = f" ({measured})" if measured else ""
+    if key == truth:
+        print(f"✅ Right: ({truth}) {choices[truth]}{what}.")
+    else:
+        print(f"❌ Not what happened: it was ({truth}) {choices[truth]}{what}, not ({key}).")
+    print(f"Why: {why}")
+    return key == truth
+
+
 def __getattr__(name: str):
     if name.startswith("nb"):
         return importlib.import_module(f".{name}", __name__)

@@ -11,6 +11,8 @@ Exercises:
        of the *frozen* model for the class prompt "a <class>", kept in the space the model denoises (4×7×7
        latents for mini Stable Diffusion): checked by shape, by decoding and classifying them (they must be
        the class, and varied), and against the typical mistakes.
+    Predict, then run: `DRIFT_CHOICES`, `commit_drift_prediction(p)` before the fine-tuning without prior
+       preservation, `reveal_drift(p, accuracy)` after it: what share of "a seven" samples stay sevens?
 
 Every reference is computed by the package at check time. Each planted mistake (λ left out or on the wrong term,
 prompts swapped, the class images noised with the subject's noise or timesteps, the sum over the batch instead
@@ -25,9 +27,10 @@ import torch
 from ..conditioning import TextCondition, call_model
 from ..diffusion import GaussianDiffusion
 from ..personalize import class_prompt, prior_preservation_loss
-from . import ExerciseError, as_tensor, call_answer, passed
+from . import ExerciseError, as_tensor, call_answer, commit_choice, passed, reveal_choice
 
-__all__ = ["check_prior_preservation_loss", "check_class_images"]
+__all__ = ["check_prior_preservation_loss", "check_class_images", "DRIFT_CHOICES", "commit_drift_prediction",
+           "drift_truth", "reveal_drift"]
 
 
 # -- exercise 1: the prior-preservation loss ------------------------------------------------------------------------
@@ -199,3 +202,34 @@ def check_class_images(fn, pipe, classifier, subject=None, class_noun: str = "se
     passed(f"{n} samples of the frozen model for {class_prompt(class_noun)!r}, kept as {list(base)} latents; "
            f"{acc:.0%} read as {class_noun}s. The prior-preservation set below is built with your function.")
     return images
+
+
+# -- predict, then run: language drift ----------------------------------------------------------------------------
+
+DRIFT_CHOICES = {
+    "a": "about all of them (90% or more): \"a seven\" was never a training prompt, so it cannot change",
+    "b": "some of them (40% to 90%)",
+    "c": "few of them (under 40%): \"a seven\" turns into the subject",
+}
+
+
+def commit_drift_prediction(prediction) -> str:
+    """Before the run: what share of "a seven" samples will the classifier still read as a seven after fine-tuning
+    on "a [V] seven" alone (λ = 0)?"""
+    return commit_choice(prediction, DRIFT_CHOICES)
+
+
+def drift_truth(accuracy: float) -> str:
+    """The choice that the measured accuracy of "a seven" samples falls in."""
+    return "a" if accuracy >= 0.9 else "b" if accuracy >= 0.4 else "c"
+
+
+def reveal_drift(prediction, accuracy: float) -> bool:
+    """After the run: the measured accuracy decides; the reasoning is printed either way."""
+    why = ("the prompts share almost everything. \"a [V] seven\" and \"a seven\" differ by one token whose "
+           "embedding carries little (a weak prior), so their text states, and the U-Net's reading of them, are "
+           "nearly the same; the quickest way to fit four hollow sevens is to change what the shared part, "
+           "\"seven\", draws. Nothing in the loss says \"a seven\" must stay as it was; the prior-preservation "
+           "term is exactly that sentence.")
+    return reveal_choice(prediction, drift_truth(accuracy), DRIFT_CHOICES, why,
+                         measured=f"measured: {accuracy:.0%} still read as sevens")
