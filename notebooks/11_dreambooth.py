@@ -346,7 +346,8 @@ assert snapshots[steps[-1]]["'small' obeyed"] < snapshots[steps[0]]["'small' obe
 # %% [markdown]
 # Four images, all the same size and position, are a very narrow picture of the subject. As the model fits them
 # better, "small" stops working with [V] (before fine-tuning, "a small [V] seven" came out small every time),
-# while "shifted to the left" keeps working. The paper sees the same trade-off (its Fig. 7 and §4.3: more steps, more fidelity,
+# while "shifted to the left" keeps working. (At this scale the curve is noisy: the benchmark, with 100 samples
+# per point, sees "small" obeyed 0.59, 0.52, 0.33, 0.24 at steps 40–200 and then 0.70 again at 300.) The paper sees the same trade-off (its Fig. 7 and §4.3: more steps, more fidelity,
 # less diversity and less obedience to the prompt) and stops at about 1000 steps for a model 500 times bigger.
 # Early stopping is the main knob; the subject's pictures in several poses are the other.
 #
