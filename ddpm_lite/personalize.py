@@ -84,8 +84,8 @@ def prior_preservation_loss(model, diffusion, x_instance: torch.Tensor, c_instan
 def class_images(pipe, class_noun: str, n: int = 100, guidance: float = 3.0, steps: int = 20,
                  generator: torch.Generator | None = None, batch_size: int = 100) -> torch.Tensor:
     """The prior-preservation set: `n` samples of the frozen model for the class prompt "a <class>", in the
-    space the model denoises (latents for a latent model: no decode/encode round trip). Ruiz et al. use
-    about 200 × the number of subject images; here 100 keeps a CPU notebook fast."""
+    space the model denoises (latents for a latent model: no decode/encode round trip). Ruiz et al. generate
+    about 1000; here 100 keeps a CPU notebook fast."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     prompt = class_prompt(class_noun)

@@ -58,7 +58,7 @@ CLASS_NOUN = "seven"     # the subject's class, as the prompts say it
 STEPS = 120              # fine-tuning steps per run (about 15 s with prior preservation here). GPU: 1000
 LR = 2e-4                # AdamW learning rate for the U-Net weights (the paper: 5e-6 for Stable Diffusion)
 PRIOR_WEIGHT = 1.0       # λ of eq. 2
-NUM_CLASS_IMAGES = 100   # class images for the prior loss (the paper: about 200 per subject image). GPU: 1000
+NUM_CLASS_IMAGES = 100   # class images for the prior loss (the paper: about 1000). GPU: 1000
 SNAPSHOTS = (40, 80, 120)  # section 5: measure the fine-tuning run at these steps (and before it)
 TI_STEPS = 120           # section 6: textual-inversion steps (one embedding row, lr 5e-2)
 EVAL_N = 48              # images per prompt for the measurements. GPU: 1000
@@ -385,7 +385,8 @@ assert ti_dist > booth_r["'a [V] seven' subject distance"]                 # but
 #
 # Ruiz et al. fine-tune Imagen or Stable Diffusion for about 1000 steps at learning rate $10^{-5}$ (Imagen) or
 # $5 \cdot 10^{-6}$ (Stable Diffusion), with λ = 1 and about 1000 class images generated first, in about five
-# minutes on one TPUv4 or one A100; every weight of a model with about a billion parameters is copied per subject.
+# minutes on one accelerator (a TPUv4 for Imagen); every weight of a model with about a billion parameters is
+# copied per subject.
 # Here: 120 steps on a 1.75M-parameter U-Net, 100 class images, about 15 seconds on one CPU thread. The
 # personalised model is an ordinary checkpoint; the command line does the same as this notebook:
 #
