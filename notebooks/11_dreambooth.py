@@ -303,6 +303,20 @@ for k in results["DreamBooth (λ = 1)"]:
     print(f"{k:32s}" + "".join(f"{r[k]:20.3f}" if k in r else f"{'-':>20s}" for r in results.values()))
 
 before, naive_r, booth_r = results.values()
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+names, colours = list(results), ["0.6", "C3", "C0"]
+for ax, key, label in ((axes[0], "'a seven' accuracy", "'a seven' read as a seven"),
+                       (axes[1], "'a seven' FD to before", "'a seven': FD to before (log)"),
+                       (axes[2], "'a seven' subject distance", "'a seven': distance to the subject")):
+    keep = [1, 2] if "FD" in key else [0, 1, 2]  # FD to "before" is 0 for "before" itself
+    ax.bar(range(len(keep)), [list(results.values())[i][key] for i in keep], color=[colours[i] for i in keep])
+    ax.set_xticks(range(len(keep)), [["before", "λ = 0", "λ = 1"][i] for i in keep])
+    ax.set_title(label, fontsize=10)
+    if "FD" in key:
+        ax.set_yscale("log")
+fig.suptitle("what fine-tuning did to the class prompt: without prior preservation (λ = 0) and with it",
+             fontsize=10, y=1.04)
+plt.show()
 assert booth_r["'a seven' accuracy"] >= 0.9                                      # the class survives...
 assert booth_r["'a seven' FD to before"] < 0.2 * naive_r["'a seven' FD to before"]  # ...much closer to what it was
 assert naive_r["'a seven' accuracy"] < booth_r["'a seven' accuracy"] - 0.2 or \
