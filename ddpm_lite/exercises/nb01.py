@@ -1,6 +1,6 @@
 """Checks for notebook 01, "The forward process: adding noise".
 
-Exercises:
+Exercises (the notebook numbers them: 1 = `check_cosine_betas`, in §4 where the notebook uses it; 2–4 = the others):
     1. `check_alpha_bar`: ᾱ_t = ∏_{s≤t} (1 − β_s) from the β schedule (Ho et al. 2020, notation above eq. 4).
     2. `check_q_sample`: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, a function of (x0, t, noise, alphas_cumprod)
        (Ho et al. 2020, eq. 4).
