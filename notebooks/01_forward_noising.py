@@ -19,7 +19,10 @@
 #   $q(x_t \mid x_0)$ (eq. 4 of Ho et al. 2020), checked exactly and by simulation;
 # * what the mean and variance of $x_t$ are, and why $x_T$ is (almost exactly) $\mathcal N(0, I)$;
 # * how the **linear**, **cosine** and **sigmoid** schedules differ: $\bar\alpha_t$, the signal-to-noise ratio,
-#   and how fast the information about $x_0$ disappears;
+#   and how fast the information about $x_0$ disappears. You **build the cosine schedule yourself** (Exercise 1),
+#   and the rest of the notebook plots and noises digits with yours;
+# * a **predict-then-run** question: when signal and noise are equally strong (SNR = 1), can you still tell which
+#   digit a noisy image came from? Commit to an answer, then measure it;
 # * how to explore all of this interactively with the **noise-step explorer**.
 #
 # *Run time: well under a minute on a laptop CPU.*
@@ -266,9 +269,40 @@ plt.show()
 # the ratio of the signal's variance to the noise's variance in $x_t$ (`NoiseSchedule.snr`). It spans many orders
 # of magnitude, so it is plotted on a log scale; $\log \mathrm{SNR} = 0$ is where signal and noise are equally
 # strong.
+#
+# ### Exercise 1 · Build the cosine schedule (the rest of this notebook uses yours)
+#
+# Write `my_cosine_betas(T, s=0.008)` returning the cosine schedule's $\beta_t$ for `t = 0 … T-1`, a float64
+# tensor of length $T$, from Nichol & Dhariwal's eq. 17:
+#
+# 1. evaluate $f(t) = \cos^2\!\big(\tfrac{t/T + s}{1 + s}\cdot\tfrac{\pi}{2}\big)$ at the $T + 1$ points
+#    $t = 0, 1, \dots, T$ and set $\bar\alpha(t) = f(t)/f(0)$;
+# 2. each step's $\beta$ is what takes $\bar\alpha$ from one point to the next:
+#    $\beta_t = 1 - \bar\alpha(t+1)/\bar\alpha(t)$ for `t = 0 … T-1`;
+# 3. $f(T) = \cos^2(\pi/2) = 0$ makes the last $\beta$ equal to 1, a step that erases everything. Clip $\beta$ at
+#    0.999, as the paper does.
+#
+# The check compares your function with `ddpm_lite.schedules` for $T = 1000$ and $T = 50$. The next cells then
+# build `NoiseSchedule(betas=my_cosine_betas(T))` and use it as "the cosine schedule" in every plot and experiment
+# of this section.
 
 # %%
-schedules = {name: NoiseSchedule(name, T) for name in SCHEDULES}
+def my_cosine_betas(T, s=0.008):
+    ### BEGIN SOLUTION
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar_points = f / f[0]
+    betas_cos = 1 - alpha_bar_points[1:] / alpha_bar_points[:-1]
+    return betas_cos.clamp(max=0.999)
+    ### END SOLUTION
+
+
+nb01.check_cosine_betas(my_cosine_betas)
+
+# %%
+schedules = {"linear": NoiseSchedule("linear", T),
+             "cosine": NoiseSchedule(betas=my_cosine_betas(T)),   # yours (Exercise 1)
+             "sigmoid": NoiseSchedule("sigmoid", T)}
 plots.plot_schedules(schedules)
 plt.show()
 
@@ -290,6 +324,21 @@ assert abs(schedules["sigmoid"].alphas_cumprod[500] - 0.5) < 0.02
 # originals it came from. Since $x_t \sim \mathcal N(\sqrt{\bar\alpha_t}\,x_0, (1-\bar\alpha_t) I)$, the best guess
 # is the original $x_0^{(i)}$ that minimises $\lVert x_t - \sqrt{\bar\alpha_t}\,x_0^{(i)} \rVert$. With no
 # information left the accuracy falls to chance, $1/256$.
+#
+# **Predict, then run.** Take the linear schedule at the first step where $\mathrm{SNR}(t) < 1$, i.e. where each
+# pixel of $x_t$ holds as much noise variance as signal variance (the cell prints that $t$). What share of the
+# 256 noisy digits will this guess trace back to the right original? (a) most of them, 50 % or more; (b) some of
+# them, 10 % to 50 %; (c) almost none, under 10 %: with as much noise as signal the digit is lost. Commit to an
+# answer before running the cells after it.
+
+# %%
+t_snr1 = int(torch.nonzero(schedules["linear"].snr < 1)[0])
+print(f"linear schedule: SNR(t) < 1 from t = {t_snr1} on (ᾱ_t = {schedules['linear'].alphas_cumprod[t_snr1]:.3f})")
+prediction = None  # "a", "b" or "c"
+### BEGIN SOLUTION
+prediction = "a"
+### END SOLUTION
+nb01.commit_identify_prediction(prediction)
 
 # %%
 x_id = x0_all[:256]
@@ -304,7 +353,7 @@ def identification_accuracy(diffusion, t):
 
 accuracy, half_life = {}, {}
 for name in SCHEDULES:
-    d = GaussianDiffusion(name, T)
+    d = GaussianDiffusion(schedules[name])           # the cosine one is yours
     accuracy[name] = [identification_accuracy(d, t) for t in ts_grid]
     half_life[name] = next(t for t, a in zip(ts_grid, accuracy[name]) if a < 0.5)
 
@@ -319,6 +368,16 @@ plt.show()
 
 print({name: half_life[name] for name in SCHEDULES})
 assert half_life["linear"] < 400 < half_life["cosine"] and half_life["sigmoid"] > 400
+
+# %%
+# the prediction: the linear schedule at SNR = 1, measured on 4 independent draws of the noise (4 × 256 images)
+id_gen = torch.Generator().manual_seed(8)
+linear_d = GaussianDiffusion(schedules["linear"])
+acc_snr1 = sum(identification_accuracy(linear_d, t_snr1) for _ in range(4)) / 4
+pair_dist = torch.cdist(x_id.flatten(1), x_id.flatten(1)).fill_diagonal_(float("inf"))
+nn_dist = pair_dist.min(1).values.median().item()       # a digit's nearest other digit, typically
+nb01.reveal_identify(prediction, acc_snr1, t_snr1, nn_dist, float(schedules["linear"].alphas_cumprod[t_snr1]))
+assert acc_snr1 > 0.5, acc_snr1
 
 # %% [markdown]
 # With the linear schedule the identity of an 8×8 digit is mostly gone after about 300 of the 1000 steps, so a
@@ -336,7 +395,7 @@ assert half_life["linear"] < 400 < half_life["cosine"] and half_life["sigmoid"] 
 # %%
 one = x0_all[7:8].expand(len(ts_show), -1, -1, -1)
 eps_one = torch.randn(one[:1].shape, generator=torch.Generator().manual_seed(6)).expand_as(one)
-rows = [GaussianDiffusion(name, T).q_sample(one, torch.tensor(ts_show), noise=eps_one) for name in SCHEDULES]
+rows = [GaussianDiffusion(schedules[name]).q_sample(one, torch.tensor(ts_show), noise=eps_one) for name in SCHEDULES]
 fig, axes = plt.subplots(len(SCHEDULES), 1, figsize=(7, 3.2))
 for ax, name, row in zip(axes, SCHEDULES, rows):
     plots.show_images(row, nrow=len(ts_show), ax=ax)
@@ -385,8 +444,9 @@ explorer.dropdown.value, explorer.slider.value = "linear", 250     # back to whe
 # ## 6 · Exercises
 #
 # Each exercise has a code cell to complete and a check that prints **✅ Correct** or tells you what is wrong.
+# Exercise 1 (the cosine schedule) and the predict-then-run question are in §4, where the notebook uses them.
 #
-# ### Exercise 1 · $\bar\alpha_t$ from $\beta_t$
+# ### Exercise 2 · $\bar\alpha_t$ from $\beta_t$
 #
 # Given the betas of the linear schedule (a float64 tensor of length $T$), compute the tensor `alpha_bar` with
 # $\bar\alpha_t = \prod_{s=0}^{t} (1 - \beta_s)$ for every `t` (0-based). One line of `torch` is enough.
@@ -400,7 +460,7 @@ nb01.check_alpha_bar(alpha_bar, betas)
 
 
 # %% [markdown]
-# ### Exercise 2 · `q_sample` by hand
+# ### Exercise 3 · `q_sample` by hand
 #
 # Write the closed form (eq. 4) yourself: `my_q_sample(x0, t, noise, alphas_cumprod)` gets a batch `x0` of shape
 # `[B, 1, 8, 8]`, a vector `t` of `B` timesteps (one per image, `torch.long`), the noise $\varepsilon$ (same shape
@@ -419,7 +479,7 @@ def my_q_sample(x0, t, noise, alphas_cumprod):
 nb01.check_q_sample(my_q_sample)
 
 # %% [markdown]
-# ### Exercise 3 · Where does the signal lose?
+# ### Exercise 4 · Where does the signal lose?
 #
 # For the **cosine** schedule with $T = 1000$, find the first timestep `t_cross` (0-based) at which noise
 # outweighs signal, i.e. $\mathrm{SNR}(t) < 1$. Use `NoiseSchedule("cosine", T).snr`. Then compare with the
@@ -445,7 +505,9 @@ nb01.check_snr_crossing(t_cross, schedule="cosine", T=T)
 #   $\mathcal N(0, I)$ for all practical purposes, so sampling can start from pure noise.
 # * The schedule sets how fast information disappears. The linear schedule wipes out 8×8 digits after about a
 #   third of the steps; cosine and sigmoid spread the destruction over the whole range. $\mathrm{SNR}(t)$ on a
-#   log scale is the clearest way to compare schedules.
+#   log scale is the clearest way to compare schedules. You built the cosine schedule from eq. 17 yourself.
+# * Per-pixel SNR understates what survives: at SNR = 1 most of 256 digits can still be told apart, because the
+#   evidence adds up over the pixels (the more pixels, the longer an image keeps its identity).
 #
 # ## What comes next
 #

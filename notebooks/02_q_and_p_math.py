@@ -12,7 +12,8 @@
 # * the **posterior** $q(x_{t-1} \mid x_t, x_0)$ (eqs. 6–7): derived from Bayes' rule, checked on a grid and by
 #   Monte Carlo; you will code its coefficients yourself;
 # * the **reverse process** $p_\theta(x_{t-1} \mid x_t)$ with its two variance choices $\sigma_t^2 = \beta_t$ or
-#   $\tilde\beta_t$;
+#   $\tilde\beta_t$. You **write one reverse step yourself** (Exercise 2), and §8 samples with 1000 of your steps;
+# * a **predict-then-run** question: which of the two variances gives the tighter likelihood bound?
 # * the **variational bound** (ELBO) split into $L_T$, $L_{t-1}$ and $L_0$, measured in bits/dim, and the
 #   **simple loss** $L_\text{simple}$ (eq. 14): why DDPM drops the bound's weights and trains better for it;
 # * the weighting each loss puts on the steps $t$: the bound's $\lambda_t$, $L_\text{simple}$'s implicit one, and
@@ -329,6 +330,34 @@ plt.show()
 # %% [markdown]
 # The two variances differ only in the first few dozen steps, where $\tilde\beta_t \ll \beta_t$; after that they
 # agree to within a percent. They matter for the log-likelihood (next section) more than for the samples.
+#
+# ### Exercise 2 · One reverse step (§8 samples with it)
+#
+# Write `reverse_step(model, x_t, t, z, sched)`, one step of Algorithm 2 (line 4): given a batch `x_t`, the
+# timestep `t` (a Python `int`, the same for the whole batch, 0-based), fresh noise `z` of the shape of `x_t` and
+# the schedule `sched` (a `NoiseSchedule`: `sched.alphas`, `sched.betas`, `sched.alphas_cumprod`,
+# `sched.posterior_variance` $= \tilde\beta_t$), return
+#
+# $$
+# x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\Big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\,\varepsilon_\theta(x_t, t)\Big)
+# + \sigma_t z,\qquad \sigma_t^2 = \tilde\beta_t .
+# $$
+#
+# The model wants one timestep per sample: call it as `model(x_t, torch.full((B,), t))`. No clipping. At the last
+# step, `t = 0`, $\tilde\beta_0 = 0$, so no noise is added. The check compares your step with
+# `p_mean_variance` at several $t$ and names the usual mistakes.
+
+# %%
+def reverse_step(model, x_t, t, z, sched):
+    ### BEGIN SOLUTION
+    eps_hat = model(x_t, torch.full((x_t.shape[0],), t))
+    a_t, b_t, ab_t = sched.alphas[t], sched.betas[t], sched.alphas_cumprod[t]
+    mean = (x_t - b_t / (1 - ab_t).sqrt() * eps_hat) / a_t.sqrt()
+    return mean + sched.posterior_variance[t].sqrt() * z
+    ### END SOLUTION
+
+
+nb02.check_reverse_step(reverse_step)
 
 # %% [markdown]
 # ## 5 · The variational bound: $L_T$, $L_{t-1}$, $L_0$ (eq. 5)
@@ -353,7 +382,21 @@ plt.show()
 # **bits per dimension**, the unit of the DDPM paper (3.75 bits/dim on CIFAR-10). To give the 2D toy a grid,
 # we quantise its points to 256 levels per coordinate, like 8-bit pixels. Then the *true* negative
 # log-likelihood is known too: $-\log_2 \big(p(x)\,\Delta^2\big)/2$ with bin width $\Delta = 2/255$; no model can
-# beat it on average. Here is the bound of the **exact** model with $\sigma_t^2 = \beta_t$:
+# beat it on average. Here is the bound of the **exact** model with $\sigma_t^2 = \beta_t$ (and, for the question
+# below, with $\tilde\beta_t$).
+#
+# **Predict, then run.** The exact denoiser's bound is computed twice: with $\sigma_t^2 = \beta_t$ and with
+# $\sigma_t^2 = \tilde\beta_t$, the variance of the posterior $q(x_{t-1} \mid x_t, x_0)$ of §3. Which gives the
+# lower (tighter) bound? (a) $\tilde\beta_t$, the posterior's own variance; (b) $\beta_t$, the larger one; (c) they
+# agree within 0.05 bits/dim, since with 1000 small steps the variance hardly matters. Commit before running
+# the next cells.
+
+# %%
+prediction = None  # "a", "b" or "c"
+### BEGIN SOLUTION
+prediction = "b"
+### END SOLUTION
+nb02.commit_variance_prediction(prediction)
 
 # %%
 def quantise(x, levels=256):
@@ -376,12 +419,19 @@ gap = (e["total_bpd"].double() - true_bpd).mean().item()
 assert e["prior_bpd"].max() < 1e-4                 # L_T ≈ 0: ᾱ_T ≈ 4e-5
 assert -0.02 < gap < 0.4, gap                       # a bound: above the true NLL (here by ~3 %)
 
+# %%
+# the prediction: both bounds of the exact model, and where their difference comes from
+bpd_large, bpd_small = (elbo[("exact", v)]["total_bpd"].mean().item() for v in ("fixed_large", "fixed_small"))
+diff_t = (elbo[("exact", "fixed_small")]["vb"] - elbo[("exact", "fixed_large")]["vb"]).mean(0)   # [T] bits/dim
+nb02.reveal_variance(prediction, bpd_large, bpd_small, (diff_t[:100].sum() / diff_t.sum()).item())
+assert bpd_large < bpd_small - 0.05
+
 # %% [markdown]
 # Even a *perfect* denoiser does not reach the true NLL exactly: the bound is loose because each reverse step is
 # forced to be Gaussian with a fixed variance, while the true reverse step $q(x_{t-1}\mid x_t)$ is a mixture.
 # With 1000 small steps the gap is small.
 #
-# **Exercise 3** (below, in §9) asks you to compute $L_T$ yourself.
+# **Exercise 4** (below, in §9) asks you to compute $L_T$ yourself.
 
 # %% [markdown]
 # ## 6 · From the bound to $L_\text{simple}$ (eqs. 12 and 14)
@@ -568,7 +618,7 @@ print("x0-error² = ε-error² / SNR and v-error² = ε-error² · (1 + 1/SNR): 
 
 
 # %% [markdown]
-# ### Exercise 2 · Converting between parameterisations
+# ### Exercise 3 · Converting between parameterisations
 #
 # Write `eps_to_x0(x_t, eps, alpha_bar)` (eq. 4 solved for $x_0$) and `x0_to_v(x0, eps, alpha_bar)` (the v target).
 # `alpha_bar` is $\bar\alpha_t$ per sample, already shaped to broadcast (e.g. `[B, 1, 1, 1]` for images, `[B, 1]`
@@ -666,14 +716,22 @@ plt.show()
 # exactly the steps that $L_\text{simple}$ weights *less* than the bound does (§6).
 #
 # Now sample both with ancestral sampling (Algorithm 2: 1000 steps of $p_\theta$, $\sigma_t^2 = \tilde\beta_t$),
-# from the same starting noise.
+# from the same starting noise, with **your** `reverse_step` of Exercise 2 (the package's version is
+# `samplers.sample(model, diffusion, shape, sampler="ddpm")`).
 
 # %%
+@torch.no_grad()
+def ancestral_sample(model, x_T, generator):
+    x = x_T
+    for t in reversed(range(T)):                      # t = T-1, ..., 0: Algorithm 2 with your step
+        x = reverse_step(model, x, t, torch.randn(x.shape, generator=generator), s)
+    return x
+
+
 n_s = 500
 x_T = torch.randn(n_s, 2, generator=torch.Generator().manual_seed(10))
 start = time.perf_counter()
-samples = {name: samplers.sample(m, diffusion, (n_s, 2), sampler="ddpm", x_T=x_T,
-                                 generator=torch.Generator().manual_seed(11))
+samples = {name: ancestral_sample(m, x_T, torch.Generator().manual_seed(11))
            for name, m in (("exact", exact), ("learned", model))}
 print(f"sampled 2 × {n_s} points with {T} steps each in {time.perf_counter() - start:.1f} s")
 
@@ -742,7 +800,7 @@ plt.show()
 #   expensive. A good sampler and a good likelihood model are related but different goals.
 # * $L_0$ is a large share for 2D data: the last step must put mass on the right one of 256 bins.
 #
-# ### Exercise 3 · The prior term $L_T$
+# ### Exercise 4 · The prior term $L_T$
 #
 # Write `prior_bpd(x0, alpha_bar_T)` returning $L_T = D_\text{KL}\big(\mathcal N(\sqrt{\bar\alpha_T}x_0, (1-\bar\alpha_T)I)\,\|\,\mathcal N(0, I)\big)$
 # per sample, in **bits per dimension**. For one dimension,
@@ -810,7 +868,9 @@ assert diff_mean < 1e-4 and diff_sigma < 1e-6
 # * **Posterior.** $q(x_{t-1} \mid x_t, x_0) = \mathcal N(\tilde\mu_t, \tilde\beta_t I)$ (eqs. 6–7), confirmed by Bayes'
 #   rule on a grid (to $10^{-7}$) and by regression on simulated pairs.
 # * **Reverse.** $p_\theta$ plugs a predicted $\hat x_0$ (or $\hat\varepsilon$) into the posterior mean (eq. 11), with
-#   $\sigma_t^2 = \beta_t$ or $\tilde\beta_t$.
+#   $\sigma_t^2 = \beta_t$ or $\tilde\beta_t$. You wrote that step and §8 sampled the ring with 1000 of them. For
+#   the likelihood bound the larger $\beta_t$ won here: the true reverse step is never narrower than
+#   $\tilde\beta_t$, and at small $t$ it is about $\beta_t$.
 # * **Objective.** The bound $L_T + \sum L_{t-1} + L_0$ (eq. 5) is a sum of Gaussian KLs; each $L_{t-1}$ is a
 #   $\lambda_t$-weighted ε-error (eq. 12). $L_\text{simple}$ (eq. 14) sets $\lambda_t = 1$: better samples, slightly
 #   worse bound. In image units $L_\text{simple}$ weights step $t$ by $\mathrm{SNR}_t$; min-SNR-γ clips that at γ,

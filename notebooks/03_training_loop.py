@@ -9,7 +9,9 @@
 #
 # **What you will learn**
 #
-# * the eight steps of a DDPM training step, and how they map onto Algorithm 1 of Ho et al. (2020);
+# * the eight steps of a DDPM training step, and how they map onto Algorithm 1 of Ho et al. (2020). You
+#   **write the training step yourself** (Exercise 1), and the notebook's first training loop runs with it;
+# * a **predict-then-run** question before the real run: where does the logged loss of an untrained network start?
 # * how to run a real training with `Trainer(TrainConfig(...))`, watch it live and read the loss curve (which
 #   is the min-SNR-γ-weighted ε-loss of notebook 02 §6b, not $L_\text{simple}$);
 # * why samples come from an **EMA** of the weights, and what the EMA buys on a short and a long run;
@@ -103,8 +105,8 @@ print(f"device: {device}, torch {torch.__version__}")
 # | 7 | optimise: back-propagate and take an optimiser step | `loss.backward(); opt.step()` |
 # | 8 | repeat from step 3 | the loop |
 #
-# Here are those eight steps for a few iterations, with a class-conditional U-Net (it also gets the digit's label
-# $y$, which notebook 04 is about). Timesteps are 0-based in code: index `t` is the paper's $t + 1$.
+# Here are those eight steps, with a class-conditional U-Net (it also gets the digit's label $y$, which notebook
+# 04 is about). Timesteps are 0-based in code: index `t` is the paper's $t + 1$. Steps 1 and 2 are fixed once:
 
 # %%
 digits = load_dataset("digits")                       # the training split: 1×8×8 images in [-1, 1], labels 0..9
@@ -113,21 +115,52 @@ diffusion = GaussianDiffusion("linear", 1000)         # step 1: the forward sche
 def l_simple(eps_pred, eps):                          # step 2: the loss, L_simple (Ho et al. eq. 14)
     return F.mse_loss(eps_pred, eps)
 
+# %% [markdown]
+# ### Exercise 1 · The training step (the loop below trains with it)
+#
+# Write `training_step(model, opt, diffusion, x0, y, t, noise)`, steps 4 to 7 of the recipe for one batch: the
+# batch `x0` (`[B, 1, 8, 8]`), its labels `y`, the timesteps `t` and the noise $\varepsilon$ are given (step 3 is
+# drawn by the loop). Form $x_t$ (`diffusion.q_sample(x0, t, noise)`), ask the model for $\hat\varepsilon$
+# (`model(x_t, t, y)`), compute `l_simple`, take one optimiser step with `opt`, and return the loss as a
+# plain float (`loss.item()`), so the loop can log it without keeping the graph.
+#
+# *Mind the order of the three optimiser calls:* PyTorch **adds** each `backward()` into `.grad`, and `opt.step()`
+# uses whatever `.grad` holds at that moment. The check runs your function twice on a small model and names the
+# usual mistakes.
+
+# %%
+def training_step(model, opt, diffusion, x0, y, t, noise):
+    ### BEGIN SOLUTION
+    noisy = diffusion.q_sample(x0, t, noise)           # step 4: perturb x0 -> x_t
+    loss = l_simple(model(noisy, t, y), noise)         # steps 5-6: predict ε, the loss
+    opt.zero_grad()                                    # step 7: clear old gradients, back-propagate, step
+    loss.backward()
+    opt.step()
+    return loss.item()
+    ### END SOLUTION
+
+
+nb03.check_training_step(training_step)
+
+# %% [markdown]
+# Now the loop (step 8), with **your** `training_step`: 40 steps on batches of 32 digits, a few seconds.
+
+# %%
 torch.manual_seed(0)
 model = unet_preset("digits").to(device)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 gen = torch.Generator().manual_seed(0)
 
-for step in range(8):                                             # step 8: repeat
+hand_losses = []
+for step in range(40):                                            # step 8: repeat
     idx = torch.randint(0, len(digits), (32,), generator=gen)
     x0, y = digits.images[idx].to(device), digits.labels[idx].to(device)
     t = diffusion.sample_timesteps(32, generator=gen).to(device)  # step 3: t ~ U{0..T-1} ...
     noise = torch.randn(x0.shape, generator=gen).to(device)       #         ... and ε ~ N(0, I)
-    x_t = diffusion.q_sample(x0, t, noise)                        # step 4: perturb x0 -> x_t
-    eps_pred = model(x_t, t, y)                                   # step 5: predict ε
-    loss = l_simple(eps_pred, noise)                              # step 6: the loss
-    opt.zero_grad(); loss.backward(); opt.step()                  # step 7: optimise
-    print(f"step {step}: loss {loss.item():.4f}")
+    hand_losses.append(training_step(model, opt, diffusion, x0, y, t, noise))   # steps 4-7: yours
+    if step % 5 == 4:
+        print(f"steps {step - 4:2d}-{step:2d}: mean loss {sum(hand_losses[-5:]) / 5:.4f}")
+assert sum(hand_losses[-10:]) < 0.8 * sum(hand_losses[:10]), hand_losses
 
 # steps 3-6 are exactly what GaussianDiffusion.training_losses does (per sample; the trainer takes the mean)
 with torch.no_grad():
@@ -139,14 +172,17 @@ assert torch.allclose(by_hand, packaged, rtol=1e-5), (by_hand, packaged)
 # %% [markdown]
 # What does the network see, and what must it answer? For four digits of the last batch: the clean $x_0$, the
 # noisy $x_t$ at its random $t$, the noise $\varepsilon$ that was mixed in, and the model's guess
-# $\hat\varepsilon$ after these 8 steps (still poor: the real training below takes hundreds of steps, and a
+# $\hat\varepsilon$ after these 40 steps (still poor: the real training below takes hundreds of steps, and a
 # good model thousands).
 
 # %%
 show = slice(0, 4)
+with torch.no_grad():
+    x_t = diffusion.q_sample(x0, t, noise)
+    eps_pred = model(x_t, t, y)
 fig, axes = plt.subplots(1, 4, figsize=(6.4, 3.0))
-for ax, images, title in zip(axes, [x0, x_t, noise, eps_pred.detach()],
-                             ["$x_0$", "$x_t$ (t in yellow)", r"$\varepsilon$", r"$\hat\varepsilon$ after 8 steps"]):
+for ax, images, title in zip(axes, [x0, x_t, noise, eps_pred],
+                             ["$x_0$", "$x_t$ (t in yellow)", r"$\varepsilon$", r"$\hat\varepsilon$ after 40 steps"]):
     scaled = images[show] if ax is axes[0] else images[show].clamp(-2.5, 2.5) / 2.5   # noise: shown at ±2.5
     plots.show_images(scaled, nrow=1, ax=ax, title=title,
                       labels=[int(v) for v in t[show]] if ax is axes[1] else None)
@@ -172,6 +208,19 @@ plt.show()
 #
 # Every setting lives in one `TrainConfig`. The run below stops after `MAX_SECONDS` seconds. Watch the bar:
 # it shows the step, the loss (averaged over the last 5 steps), the images per second and the learning rate.
+#
+# **Predict, then run.** The U-Net's last layer starts at zero, so the untrained network answers
+# $\hat\varepsilon = 0$ for every input. Where will the first logged loss (the mean over the first 5 steps) be?
+# (a) about 1, 0.9 to 1.2: $\hat\varepsilon = 0$ misses unit-variance noise by 1 per pixel; (b) clearly below 1,
+# 0.6 to 0.9; (c) far below 1, under 0.6; (d) above 1.2: a random network's guesses add error on top of the
+# noise. Commit to an answer before running the training cell.
+
+# %%
+prediction = None  # "a", "b", "c" or "d"
+### BEGIN SOLUTION
+prediction = "b"
+### END SOLUTION
+nb03.commit_first_loss_prediction(prediction)
 
 # %%
 run_dir = Path(OUT_DIR) if OUT_DIR else Path(tempfile.mkdtemp(prefix="ddpm-nb03-"))
@@ -204,6 +253,9 @@ plots.show_images(trainer.samples[-1]["images"], nrow=5, ax=axes[1],
                   title=f"EMA samples at step {trainer.samples[-1]['step']}\n(classes 0-4 on top, 5-9 below)")
 plt.show()
 assert last < first / 2, f"the loss should at least halve: {first:.3f} -> {last:.3f}"
+
+# %%
+nb03.reveal_first_loss(prediction, first, trainer.diffusion)
 
 
 # %% [markdown]
@@ -550,7 +602,9 @@ assert acc_no < 0.3 and acc_yes > 0.8 and init_share["no warm-up"] > 0.9 and ini
 # %% [markdown]
 # ## Exercises
 #
-# ### Exercise 1 · $L_\text{simple}$ from scratch
+# Exercise 1 (the training step) and the predict-then-run question are in §1 and §2, where the notebook uses them.
+#
+# ### Exercise 2 · $L_\text{simple}$ from scratch
 #
 # Write the loss of Algorithm 1 for one batch without `training_losses` or `q_sample`:
 # `my_l_simple(model, x0, t, noise, alphas_cumprod, y)` gets a batch `x0` (`[B, 1, 8, 8]`), timesteps `t`
@@ -571,7 +625,7 @@ nb03.check_simple_loss(my_l_simple)
 
 
 # %% [markdown]
-# ### Exercise 2 · One EMA update
+# ### Exercise 3 · One EMA update
 #
 # Write `my_ema_update(shadow, model, decay)`: move every parameter of the averaged copy `shadow` towards the
 # matching parameter of `model`, $s \leftarrow d\,s + (1 - d)\,\theta$, **in place**, without touching `model`.
@@ -592,7 +646,7 @@ nb03.check_ema_update(my_ema_update)
 
 
 # %% [markdown]
-# ### Exercise 3 · The EMA warm-up
+# ### Exercise 4 · The EMA warm-up
 #
 # Write `my_ema_decay(step, decay, warmup)`, the decay used at update number `step` (0-based):
 # $d_\text{step} = \min\!\big(d, \frac{1 + \text{step}}{\text{warmup} + \text{step}}\big)$, returned as a float.
@@ -612,8 +666,8 @@ nb03.check_ema_warmup(my_ema_decay)
 #
 # * A DDPM training step is eight things: a fixed schedule, the $L_\text{simple}$ loss, a draw of $t$ and
 #   $\varepsilon$, the jump $x_0 \to x_t$ with `q_sample`, the model's guess $\hat\varepsilon$, the squared error,
-#   an optimiser step, and again. `GaussianDiffusion.training_losses` does steps 3–6; we checked it equals the
-#   hand-written version.
+#   an optimiser step, and again. You wrote steps 4–7 as `training_step` and trained the U-Net with it;
+#   `GaussianDiffusion.training_losses` does steps 3–6, and we checked it equals the hand-written version.
 # * `Trainer(TrainConfig(...))` weights the loss with min-SNR-γ (γ = 1 for digits; so its loss curve is not
 #   $L_\text{simple}$) and adds AdamW with warm-up, gradient clipping, the EMA, label dropout, progress,
 #   sample grids and checkpoints. Our run more than halved the loss within seconds; good digit samples take

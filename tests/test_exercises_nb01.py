@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from ddpm_lite.exercises import ExerciseError, nb01
+import math
+
+from ddpm_lite.exercises import ExerciseError, NotAnsweredError, nb01
 from ddpm_lite.schedules import NoiseSchedule
 
 
@@ -127,6 +129,121 @@ def test_snr_crossing_rejects_mistakes(wrong, match):
         nb01.check_snr_crossing(wrong(nb01.snr_crossing("cosine")))
 
 
+# -- exercise 1 (in §4): the cosine schedule, built and used ------------------------------------------------------
+
+def solution_cosine_betas(T, s=0.008):
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    ab = f / f[0]
+    return (1 - ab[1:] / ab[:-1]).clamp(max=0.999)
+
+
+def test_cosine_betas_accepts_solution(capsys):
+    nb01.check_cosine_betas(solution_cosine_betas)
+    assert "✅ Correct" in capsys.readouterr().out
+
+
+def test_cosine_betas_accepts_float32_and_alpha_bar_route():
+    nb01.check_cosine_betas(lambda T, s: solution_cosine_betas(T, s).float())
+
+    def via_cumprod(T, s):  # ᾱ(t+1)/ᾱ(t) = f(t+1)/f(t): the normalisation by f(0) cancels, so it may be left out
+        steps = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        return torch.clamp(1 - f[1:] / f[:-1], 0, 0.999)
+
+    nb01.check_cosine_betas(via_cumprod)
+
+
+def _cos(T, s, squared=True, offset=True, divide=True, clip=True):
+    s = s if offset else 0.0
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / ((1 + s) if divide else 1) * math.pi / 2) ** (2 if squared else 1)
+    b = 1 - f[1:] / f[:-1]
+    return b.clamp(max=0.999) if clip else b
+
+
+def _shifted(T, s):
+    steps = torch.arange(T, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    ab = torch.cat([torch.ones(1, dtype=f.dtype), f / f[0]])
+    return 1 - ab[1:] / ab[:-1]
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda T, s: _cos(T, s, clip=False), "Clip β at 0.999"),
+    (lambda T, s: _cos(T, s, clip=False).float(), "Clip β at 0.999"),
+    (lambda T, s: _cos(T, s, squared=False), r"\*squared\* cosine"),
+    (lambda T, s: _cos(T, s, squared=False, clip=False), r"\*squared\* cosine"),
+    (lambda T, s: _cos(T, s, offset=False), "offset s is missing"),
+    (lambda T, s: _cos(T, s, offset=False).float(), "offset s is missing"),
+    (lambda T, s: _cos(T, s, divide=False), r"divide \(t/T \+ s\) by \(1 \+ s\)"),
+    (_shifted, "shifted by one step"),
+    (lambda T, s: torch.cumprod(1 - solution_cosine_betas(T, s), 0), "those are ᾱ_t"),
+    (lambda T, s: 1 - torch.cumprod(1 - solution_cosine_betas(T, s), 0), "1 − ᾱ_t, the variance"),
+    (lambda T, s: torch.cat([solution_cosine_betas(T, s), torch.zeros(1, dtype=torch.float64)]), "returned 1001 values"),
+    (lambda T, s: solution_cosine_betas(T, s)[:-1], "shape"),
+    (lambda T, s: 1 - torch.cos(torch.arange(T + 1.0) / T)[1:] / torch.cos(torch.arange(T + 1.0) / T)[:-1] * 0,
+     "not right yet"),
+    (lambda T, s: solution_cosine_betas(T, s) * 1.01, "not right yet"),
+    (lambda T, s: None, "None"),
+])
+def test_cosine_betas_rejects_mistakes(fn, match):
+    with pytest.raises(ExerciseError, match=match):
+        nb01.check_cosine_betas(fn)
+
+
+def test_cosine_betas_unanswered_and_not_a_function():
+    def placeholder(T, s=0.008):
+        raise NotImplementedError()
+
+    with pytest.raises(NotAnsweredError):
+        nb01.check_cosine_betas(placeholder)
+    with pytest.raises(ExerciseError, match="function itself"):
+        nb01.check_cosine_betas(solution_cosine_betas(1000))
+
+
+# -- predict, then run (§4): identification at SNR = 1 -------------------------------------------------------------
+
+def test_identify_prediction_commit_validates():
+    assert nb01.commit_identify_prediction(" (A) ") == "a"
+    with pytest.raises(ExerciseError, match="commit to an answer"):
+        nb01.commit_identify_prediction(None)
+    with pytest.raises(ExerciseError, match="not one of the choices"):
+        nb01.commit_identify_prediction("d")
+
+
+def test_identify_truth_maps_measurements_to_choices():
+    assert [nb01.identify_truth(a) for a in (1.0, 0.6, 0.5, 0.49, 0.1, 0.099, 1 / 256)] == ["a", "a", "a", "b", "b",
+                                                                                             "c", "c"]
+
+
+def test_identify_reveal_reports_right_and_wrong(capsys):
+    assert nb01.reveal_identify("a", 0.6, 259, 2.3, 0.4976) is True
+    out = capsys.readouterr().out
+    assert "✅ Right" in out and "60% identified at t = 259" in out and "Why:" in out and "64 pixels" in out
+    for wrong in ("b", "c"):
+        assert nb01.reveal_identify(wrong, 0.6, 259, 2.3, 0.4976) is False
+        out = capsys.readouterr().out
+        assert "❌ Not what happened" in out and "it was (a)" in out and "Why:" in out
+    assert nb01.reveal_identify("c", 0.04, 485, 2.3, 0.09) is True
+    with pytest.raises(ExerciseError):
+        nb01.reveal_identify(None, 0.6, 259, 2.3, 0.5)
+
+
+def test_identify_truth_comes_from_the_measurement():
+    """The notebook's experiment, reproduced: at the linear schedule's SNR = 1 step most digits are identified."""
+    from ddpm_lite.data import load_dataset
+    from ddpm_lite.diffusion import GaussianDiffusion
+
+    x = load_dataset("digits").images[:256]
+    d = GaussianDiffusion("linear", 1000)
+    t = int(torch.nonzero(d.schedule.snr < 1)[0])
+    x_t = d.q_sample(x, torch.full((256,), t), generator=torch.Generator().manual_seed(8)).flatten(1)
+    scaled = d.schedule.sqrt_alphas_cumprod[t].item() * x.flatten(1)
+    acc = (torch.cdist(x_t, scaled).argmin(1) == torch.arange(256)).float().mean().item()
+    assert nb01.identify_truth(acc) == "a", acc
+
+
 # -- the student copy of notebook 01 ------------------------------------------------------------------------------
 
 def test_student_copy_of_notebook_01_has_every_solution_removed(tmp_path):
@@ -146,11 +263,17 @@ def test_student_copy_of_notebook_01_has_every_solution_removed(tmp_path):
     make_student = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_student)
 
-    assert make_student.make_student_copy(src, tmp_path / src.name) == 3
+    assert make_student.make_student_copy(src, tmp_path / src.name) == 5
     cells = [c for c in nbformat.read(tmp_path / src.name, as_version=4).cells if c.cell_type == "code"]
     stripped = [c.source for c in cells if "raise NotImplementedError()" in c.source]
-    assert len(stripped) == 3
-    for source, check in zip(stripped, ("check_alpha_bar", "check_q_sample", "check_snr_crossing")):
+    assert len(stripped) == 5
+    checks = ("check_cosine_betas", "commit_identify_prediction", "check_alpha_bar", "check_q_sample",
+              "check_snr_crossing")
+    for source, check in zip(stripped, checks):
         assert f"nb01.{check}(" in source
         assert "SOLUTION" not in source and "torch.cumprod" not in source and ".sqrt()" not in source
+        assert "torch.cos" not in source and 'prediction = "' not in source
     assert not any(c.outputs for c in cells if "raise NotImplementedError()" in c.source)
+    # the schedule the student builds is the one the notebook then uses
+    uses = [c.source for c in cells if "my_cosine_betas(T)" in c.source and "def my_cosine_betas" not in c.source]
+    assert uses and "NoiseSchedule(betas=my_cosine_betas(T))" in uses[0]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ddpm_lite.exercises import ExerciseError, nb02
+from ddpm_lite.exercises import ExerciseError, NotAnsweredError, nb02
 
 
 # -- exercise 1: posterior mean coefficients (eq. 7) ------------------------------------------------------------
@@ -170,6 +170,91 @@ def test_checks_reject_non_callables():
         nb02.check_eps_to_x0(torch.zeros(3))
 
 
+# -- exercise 2 (§4): one reverse step, used by §8's sampling --------------------------------------------------
+
+def solution_reverse_step(model, x_t, t, z, sched):
+    eps_hat = model(x_t, torch.full((x_t.shape[0],), t))
+    a, b, ab = sched.alphas[t], sched.betas[t], sched.alphas_cumprod[t]
+    return (x_t - b / (1 - ab).sqrt() * eps_hat) / a.sqrt() + sched.posterior_variance[t].sqrt() * z
+
+
+def test_reverse_step_accepts_solution(capsys):
+    nb02.check_reverse_step(solution_reverse_step)
+    assert "✅ Correct" in capsys.readouterr().out
+
+
+def test_reverse_step_accepts_the_posterior_route():
+    """μ_θ is the posterior mean with x̂_0 plugged in (eq. 7 with eq. 4 solved for x_0): the same step."""
+    def via_x0(model, x_t, t, z, sched):
+        eps_hat = model(x_t, torch.full((x_t.shape[0],), t))
+        ab = sched.alphas_cumprod[t]
+        x0_hat = (x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()
+        mean = sched.posterior_mean_coef1[t] * x0_hat + sched.posterior_mean_coef2[t] * x_t
+        return mean + (sched.posterior_variance[t].sqrt() * z if t > 0 else 0)
+
+    nb02.check_reverse_step(via_x0)
+
+
+def _reverse_variant(kind):
+    def fn(model, x_t, t, z, sched):
+        eps = model(x_t, torch.full((x_t.shape[0],), t))
+        a, b, ab = sched.alphas[t], sched.betas[t], sched.alphas_cumprod[t]
+        sigma = {"variance": sched.posterior_variance[t], "large": b.sqrt(),
+                 "no_noise": 0 * b}.get(kind, sched.posterior_variance[t].sqrt())
+        coef = b / (1 - ab) if kind == "no_sqrt" else b / (1 - ab).sqrt()
+        sign = 1 if kind == "sign" else -1
+        div = ab.sqrt() if kind == "abar" else 1.0 if kind == "no_div" else a.sqrt()
+        out = (x_t + sign * coef * eps) / div + sigma * z
+        return out[:, :1] if kind == "shape" else out * 1.01 if kind == "scaled" else out
+    return fn
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("variance", "standard deviation"), ("large", "fixed_large"), ("no_noise", "noise is missing"),
+    ("no_sqrt", "without the square root"), ("sign", "sign of the ε̂ term"), ("abar", "not by √ᾱ_t"),
+    ("no_div", "division by √α_t is missing"), ("shape", "shape"), ("scaled", "not right yet"),
+])
+def test_reverse_step_rejects_mistakes(kind, match):
+    with pytest.raises(ExerciseError, match=match):
+        nb02.check_reverse_step(_reverse_variant(kind))
+
+
+def test_reverse_step_unanswered_and_crashes():
+    def placeholder(model, x_t, t, z, sched):
+        raise NotImplementedError()
+
+    with pytest.raises(NotAnsweredError):
+        nb02.check_reverse_step(placeholder)
+    with pytest.raises(ExerciseError, match="raised ValueError: t must be a torch.long tensor"):   # model(x_t, 5)
+        nb02.check_reverse_step(lambda model, x_t, t, z, sched: model(x_t, t))
+
+
+# -- predict, then run (§5): β_t or β̃_t? -------------------------------------------------------------------------
+
+def test_variance_commit_validates():
+    assert nb02.commit_variance_prediction("(b)") == "b"
+    with pytest.raises(ExerciseError, match="commit to an answer"):
+        nb02.commit_variance_prediction(None)
+    with pytest.raises(ExerciseError, match="not one of the choices"):
+        nb02.commit_variance_prediction("β")
+
+
+def test_variance_truth_maps_measurements_to_choices():
+    assert nb02.variance_truth(6.887, 7.352) == "b"
+    assert nb02.variance_truth(7.352, 6.887) == "a"
+    assert nb02.variance_truth(6.90, 6.93) == "c" and nb02.variance_truth(6.93, 6.90) == "c"
+
+
+def test_variance_reveal_reports_right_and_wrong(capsys):
+    assert nb02.reveal_variance("b", 6.887, 7.352, 0.97) is True
+    out = capsys.readouterr().out
+    assert "✅ Right" in out and "6.887 bits/dim with β_t" in out and "97%" in out and "Why:" in out
+    for wrong in ("a", "c"):
+        assert nb02.reveal_variance(wrong, 6.887, 7.352, 0.97) is False
+        out = capsys.readouterr().out
+        assert "❌ Not what happened" in out and "it was (b)" in out
+
+
 # -- the student copy of notebook 02 ------------------------------------------------------------------------------
 
 def test_student_copy_of_notebook_02_has_every_solution_removed(tmp_path):
@@ -189,14 +274,19 @@ def test_student_copy_of_notebook_02_has_every_solution_removed(tmp_path):
     make_student = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_student)
 
-    assert make_student.make_student_copy(src, tmp_path / src.name) == 4  # exercise 2 has two functions
+    assert make_student.make_student_copy(src, tmp_path / src.name) == 6  # exercise 3 has two functions; + prediction
     cells = [c for c in nbformat.read(tmp_path / src.name, as_version=4).cells if c.cell_type == "code"]
-    exercise = [i for i, c in enumerate(cells) if "raise NotImplementedError()" in c.source]
-    assert len(exercise) == 3
-    checks = (("check_posterior_coefficients",), ("check_eps_to_x0", "check_x0_to_v"), ("check_prior_bpd",))
+    exercise = [i for i, c in enumerate(cells) if "raise NotImplementedError()" in c.source
+                and "commit_variance_prediction" not in c.source]
+    assert len(exercise) == 4
+    predictions = [c.source for c in cells if "commit_variance_prediction" in c.source]
+    assert len(predictions) == 1 and "raise NotImplementedError()" in predictions[0]
+    assert 'prediction = "' not in predictions[0]
+    checks = (("check_posterior_coefficients",), ("check_reverse_step",), ("check_eps_to_x0", "check_x0_to_v"),
+              ("check_prior_bpd",))
     for i, names in zip(exercise, checks):
         source = cells[i].source
         assert "SOLUTION" not in source and "torch.cumprod" not in source and ".sqrt()" not in source
         assert "torch.log" not in source and "math.log(2)" not in source
         assert not cells[i].outputs
-        assert all(f"nb02.{name}(" in cells[i + 1].source for name in names)
+        assert all(f"nb02.{name}(" in cells[i].source + cells[i + 1].source for name in names)  # same or next cell

@@ -1,12 +1,20 @@
 """Checks for notebook 03, "The training loop".
 
-Exercises:
+Exercises (the notebook numbers them: 1 = `check_training_step`, in §1 where the loop uses it; 2–4 = the others):
     1. `check_simple_loss`: one training step's loss by hand: perturb x_0 to x_t with ε (eq. 4), ask the model
        for ε_θ(x_t, t, y), and average ‖ε − ε_θ‖² (L_simple, Ho et al. 2020, eq. 14; Algorithm 1, line 5).
     2. `check_ema_update`: one exponential-moving-average update of the weights, shadow ← d·shadow + (1−d)·θ.
     3. `check_ema_warmup`: the warm-up of the EMA decay, d_k = min(decay, (1 + k)/(warmup + k)).
+    4. `check_training_step`: one whole training step, fn(model, opt, diffusion, x0, y, t, noise) -> the batch's
+       loss as a float (steps 4–7 of the recipe: x_t, ε̂, L_simple, zero_grad / backward / step); the notebook's
+       first training loop then runs with the learner's function.
+    Predict, then run: `FIRST_LOSS_CHOICES`, `commit_first_loss_prediction(p)` before the `Trainer` run,
+       `reveal_first_loss(p, first_loss, diffusion)` after it: where does the logged loss start?
 
-References are computed by the package (`GaussianDiffusion.training_losses`, `ema.EMA`).
+References are computed by the package (`GaussianDiffusion.training_losses`, `ema.EMA`, `losses.min_snr_weight`);
+each planted mistake (no backward, no optimiser step, step before backward, gradients accumulated without
+zero_grad, the wrong target or input, the sum instead of the mean, the labels left out, a tensor returned that
+keeps its graph) gets a message naming it.
 """
 
 from __future__ import annotations
@@ -19,9 +27,10 @@ import torch.nn as nn
 
 from ..diffusion import GaussianDiffusion
 from ..ema import EMA
-from . import ExerciseError, as_tensor, call_answer, expect_close, passed
+from . import ExerciseError, as_tensor, call_answer, commit_choice, expect_close, passed, reveal_choice
 
-__all__ = ["check_simple_loss", "check_ema_update", "check_ema_warmup", "TinyEpsModel"]
+__all__ = ["check_simple_loss", "check_ema_update", "check_ema_warmup", "TinyEpsModel", "check_training_step",
+           "FIRST_LOSS_CHOICES", "commit_first_loss_prediction", "first_loss_truth", "reveal_first_loss"]
 
 
 class TinyEpsModel(nn.Module):
@@ -188,3 +197,168 @@ def full_decay_step(decay: float, warmup: int) -> int:
     while ema.current_decay(k) < decay:
         k += 1
     return k
+
+
+# -- exercise 4: one whole training step, used by the notebook's first loop -----------------------------------------
+
+_STEP_LR = 0.1
+
+
+def _step_batch(k: int, T: int = 1000):
+    gen = torch.Generator().manual_seed(40 + k)
+    x0 = torch.rand(8, 1, 8, 8, generator=gen) * 2 - 1
+    noise = torch.randn(8, 1, 8, 8, generator=gen)
+    t = torch.randint(0, T, (8,), generator=gen)
+    t[0], t[1] = 0, T - 1
+    y = torch.randint(0, 10, (8,), generator=gen)
+    return x0, y, t, noise
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _close_params(a, b, rtol=1e-4, atol=1e-6) -> bool:
+    return all(x.shape == y.shape and torch.allclose(x, y, rtol=rtol, atol=atol) for x, y in zip(a, b))
+
+
+def _sgd_candidate(model, start, loss_fn, lr=_STEP_LR):
+    """The weights after one plain SGD step from `start` on `loss_fn(model copy)`, and that loss's value."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, s in zip(m.parameters(), start):
+            p.copy_(s)
+    loss = loss_fn(m)
+    grads = torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)
+    new = [s - lr * (g if g is not None else torch.zeros_like(s)) for s, g in zip(start, grads)]
+    return new, [g if g is not None else torch.zeros_like(s) for s, g in zip(start, grads)], float(loss.detach())
+
+
+def _step_losses(diffusion, x0, y, t, noise):
+    """{name: (loss_fn(model), message)}: the right loss first, then the typical wrong ones."""
+    ab = diffusion.schedule.alphas_cumprod.to(torch.float32)
+    a = ab[t].reshape(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    t1 = torch.clamp(t + 1, max=len(ab) - 1)
+    a1 = ab[t1].reshape(-1, 1, 1, 1)
+    return {
+        "right": (lambda m: ((m(xt, t, y) - noise) ** 2).mean(), ""),
+        "target_x0": (lambda m: ((m(xt, t, y) - x0) ** 2).mean(),
+                      "the loss compares ε̂ with x_0: the target of an ε-model is the noise ε."),
+        "clean_input": (lambda m: ((m(x0, t, y) - noise) ** 2).mean(),
+                        "the model was given the clean x_0: it must see the noisy x_t = q_sample(x0, t, noise)."),
+        "no_sqrt": (lambda m: ((m(a * x0 + (1 - a) * noise, t, y) - noise) ** 2).mean(),
+                    "x_t uses square roots: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (or diffusion.q_sample(x0, t, noise))."),
+        "no_labels": (lambda m: ((m(xt, t) - noise) ** 2).mean(),
+                      "the labels are missing: call model(x_t, t, y), the U-Net is class-conditional."),
+        "sum": (lambda m: ((m(xt, t, y) - noise) ** 2).sum(),
+                "the loss is the sum of the squared errors: take the mean (F.mse_loss), or the step size grows "
+                "with the batch and the image size."),
+        "off_by_one": (lambda m: ((m(a1.sqrt() * x0 + (1 - a1).sqrt() * noise, t, y) - noise) ** 2).mean(),
+                       "off by one: x_t must be made with ᾱ[t] itself (t is 0-based), not ᾱ[t + 1]."),
+    }
+
+
+def check_training_step(fn) -> None:
+    """`fn(model, opt, diffusion, x0, y, t, noise)` must take one optimiser step on the batch's L_simple,
+    mean((model(x_t, t, y) − ε)²) with x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, and return that loss (measured before the step)
+    as a float. Called twice in a row with a small class-conditional model and plain SGD (lr 0.1), each call's
+    weights compared with one SGD step of `GaussianDiffusion.training_losses(...)["loss"].mean()`."""
+    diffusion = GaussianDiffusion("linear", 1000)
+    model = TinyEpsModel(seed=5)
+    opt = torch.optim.SGD(model.parameters(), lr=_STEP_LR)
+    for k in range(2):
+        x0, y, t, noise = _step_batch(k)
+        start = _params(model)
+        grads_before = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
+        with torch.no_grad():
+            ref_loss = float(diffusion.training_losses(model, x0, t=t, noise=noise, y=y)["loss"].mean())
+        got = call_answer(fn, "training_step", model, opt, diffusion, x0.clone(), y.clone(), t.clone(), noise.clone())
+        after = _params(model)
+        if got is None:
+            raise ExerciseError("`training_step` returned None: return the batch's loss as a number, `loss.item()`.")
+        if torch.is_tensor(got) and got.requires_grad:
+            raise ExerciseError("return `loss.item()`, a plain float: a tensor that requires grad keeps the whole "
+                                "graph of the step alive in the notebook's list of losses.")
+        if _close_params(after, start, rtol=0, atol=0):
+            if all(p.grad is None for p in model.parameters()):
+                raise ExerciseError("the weights did not move and no gradient is left on them: call loss.backward() "
+                                    "and then opt.step() (opt.zero_grad() goes *before* backward, not after it).")
+            raise ExerciseError("the weights did not move although gradients were computed: call opt.step() "
+                                "*after* loss.backward() (before it, the step has no gradients to use).")
+        losses = _step_losses(diffusion, x0, y, t, noise)
+        right, ref_grads, _ = _sgd_candidate(model, start, losses["right"][0])
+        if not _close_params(after, right):
+            if grads_before and all(g is not None for g in grads_before):
+                stale = [s - _STEP_LR * g for s, g in zip(start, grads_before)]
+                if _close_params(after, stale):
+                    raise ExerciseError("opt.step() ran before loss.backward(): it applied the *previous* batch's "
+                                        "gradients. Order: zero_grad, forward, loss, backward, step.")
+                summed = [s - _STEP_LR * (g + gb) for s, g, gb in zip(start, ref_grads, grads_before)]
+                if _close_params(after, summed):
+                    raise ExerciseError("the previous step's gradients were added to this one: call opt.zero_grad() "
+                                        "before loss.backward() (PyTorch accumulates into .grad).")
+            for name, (loss_fn, message) in losses.items():
+                if name == "right":
+                    continue
+                wrong, _, _ = _sgd_candidate(model, start, loss_fn)
+                if _close_params(after, wrong):
+                    raise ExerciseError(message)
+            raise ExerciseError(f"after call {k + 1} the weights differ from one optimiser step on this batch's "
+                                f"L_simple: use the `opt` passed in, x_t = diffusion.q_sample(x0, t, noise), "
+                                f"loss = mean((model(x_t, t, y) − noise)²), then zero_grad, backward, step.")
+        value = float(as_tensor(got, "loss").reshape(-1)[0]) if as_tensor(got, "loss").numel() == 1 else None
+        if value is None:
+            raise ExerciseError("return one number, the batch's mean loss (`loss.item()`).")
+        if abs(value - ref_loss) > 1e-4 * max(1.0, abs(ref_loss)):
+            raise ExerciseError(f"the weights are right, but you returned {value:.5f}, not this batch's loss "
+                                f"{ref_loss:.5f}: return loss.item() of the loss you stepped on.")
+    passed("two calls, two correct optimiser steps on L_simple (zero_grad, backward, step in the right order) and "
+           "the batch's loss returned as a float. The loop below trains the U-Net with your function.")
+
+
+# -- predict, then run: where does the logged loss start? ----------------------------------------------------------
+
+FIRST_LOSS_CHOICES = {
+    "a": "about 1 (0.9 to 1.2): the untrained network outputs ε̂ = 0 and misses unit-variance noise by 1 per pixel",
+    "b": "clearly below 1 (0.6 to 0.9)",
+    "c": "far below 1 (under 0.6)",
+    "d": "above 1.2: a random network's guesses add error on top of the noise",
+}
+
+
+def commit_first_loss_prediction(prediction) -> str:
+    """Before the run: the first logged loss of the `Trainer` (the mean over its first logged steps)."""
+    return commit_choice(prediction, FIRST_LOSS_CHOICES)
+
+
+def first_loss_truth(first_loss: float) -> str:
+    """The choice that the measured first loss falls in."""
+    if first_loss >= 1.2:
+        return "d"
+    return "a" if first_loss >= 0.9 else "b" if first_loss >= 0.6 else "c"
+
+
+def mean_min_snr_weight(diffusion: GaussianDiffusion) -> float:
+    """The average over t ~ U{0..T−1} of the weight the diffusion's loss puts on ‖ε − ε̂‖² (1 without min-SNR-γ)."""
+    from ..losses import min_snr_weight
+
+    if diffusion.min_snr_gamma is None:
+        return 1.0
+    snr = diffusion.schedule.snr
+    return float(min_snr_weight(snr, diffusion.min_snr_gamma, diffusion.parameterization).mean())
+
+
+def reveal_first_loss(prediction, first_loss: float, diffusion: GaussianDiffusion) -> bool:
+    """After the run: the measured first logged loss decides; the reasoning uses the run's own weighting."""
+    w, gamma = mean_min_snr_weight(diffusion), diffusion.min_snr_gamma
+    weighting = (f"but the Trainer's loss is min-SNR-γ weighted (γ = {gamma:g}): each sample's error is multiplied "
+                 f"by min(SNR_t, γ)/SNR_t, which is below 1 for the almost clean steps, and over t ~ U{{0..T−1}} those "
+                 f"weights average {w:.2f} (computed from this run's schedule). So an ε̂ = 0 network scores about "
+                 f"{w:.2f}, not 1" if gamma is not None else
+                 "and this run trains on plain L_simple, so an ε̂ = 0 network scores about 1")
+    why = ("the U-Net's last layer starts at zero, so the untrained network outputs ε̂ = 0 and its squared error is "
+           "‖ε‖²/D ≈ 1 per pixel at every t (not more: a zero guess is not a random one), " + weighting +
+           "; the few first steps, still in the learning-rate warm-up, move it only a little.")
+    return reveal_choice(prediction, first_loss_truth(first_loss), FIRST_LOSS_CHOICES, why,
+                         measured=f"measured: {first_loss:.3f}")
