@@ -13,11 +13,14 @@
 # * why a latent space: the cost of a U-Net step grows with the pixels, and *perceptual* compression (dropping
 #   invisible detail) can be separated from *semantic* compression (what the generative model learns);
 # * the first stage, a small KL-regularised autoencoder (`AutoencoderKL`): reconstructions, what a 4×7×7
-#   latent looks like, what its reconstruction error and KL are, and the reparameterised sample;
-# * the **latent scale factor**: why diffusion needs latents of unit variance, and what goes wrong without it;
+#   latent looks like, what its reconstruction error and KL are, and the reparameterised sample (you write it,
+#   and draw the autoencoder's samples with it);
+# * the **latent scale factor**: why diffusion needs latents of unit variance (you measure it with your own
+#   function), and what goes wrong without it (you predict where first);
 # * that latent diffusion is the *very same* `GaussianDiffusion`, `UNet` and samplers, on 4×7×7 instead of
 #   1×28×28, and what it buys: parameters, GFLOPs, images/s and quality, measured side by side;
-# * image-to-image (SDEdit) with a strength slider, and inpainting half a digit, in latent space;
+# * image-to-image (SDEdit) with a strength slider (you write which timesteps it runs, then run an edit by hand
+#   with them), and inpainting half a digit, in latent space;
 # * how the pieces map to Stable Diffusion's (VAE, U-Net, scheduler, text encoder) and their real sizes.
 #
 # Models: the course ships two class-conditional models of the 28×28 `mnist5k` digits, trained with the
@@ -210,13 +213,17 @@ def my_reparam_kl(mean, logvar, eps):
 nb08.check_reparam_kl(my_reparam_kl)
 
 # %% [markdown]
-# The package's `DiagonalGaussian` (what `ae.encode` returns) does exactly this: `.sample()` and `.kl()` on our
-# autoencoder's posterior of three test digits:
+# Your function on our autoencoder's posterior of the 200 test digits: samples $z \sim q(z \mid x)$ and their
+# KL. The package's `DiagonalGaussian` (what `ae.encode` returns) draws the same samples with `.sample()` from
+# the same generator, and `.kl()` gives the same KL:
 
 # %%
-z_sample = posterior.sample(torch.Generator().manual_seed(0))
+eps_post = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(0))
+z_sample, kl_mine = my_reparam_kl(posterior.mean, posterior.logvar, eps_post)
 print(f"|z − μ| on average {float((z_sample - posterior.mean).abs().mean()):.3f} (σ is small); "
-      f"KL of the first three test digits: {[round(v, 1) for v in posterior.kl()[:3].tolist()]} nats")
+      f"KL of the first three test digits: {[round(v, 1) for v in kl_mine[:3].tolist()]} nats")
+assert torch.allclose(z_sample, posterior.sample(torch.Generator().manual_seed(0)), atol=1e-6)
+assert torch.allclose(kl_mine, posterior.kl(), rtol=1e-5)
 
 # %% [markdown]
 # ## 3 · The latent scale factor
@@ -236,7 +243,7 @@ print(f"|z − μ| on average {float((z_sample - posterior.mean).abs().mean()):.
 # ### Exercise 2 · measure the scale factor
 #
 # Write `my_scale_factor(latents)`: one number such that `my_scale_factor(latents) * latents` has standard
-# deviation 1.
+# deviation 1. The next cell measures our autoencoder's scale factor with it.
 
 # %%
 def my_scale_factor(latents):
@@ -251,7 +258,9 @@ nb08.check_scale_factor(my_scale_factor)
 train_x = load_dataset("mnist5k").images[:1000]
 with torch.no_grad():
     z_raw = ae.encode(train_x).sample(torch.Generator().manual_seed(0))     # unscaled latents z ~ q(z|x)
-mine = measure_scale_factor(ae, train_x, generator=torch.Generator().manual_seed(0))   # the package's 1 / std
+mine = float(my_scale_factor(z_raw))                                        # your function
+package = measure_scale_factor(ae, train_x, generator=torch.Generator().manual_seed(0))   # the package's 1 / std
+assert abs(mine / package - 1) < 1e-4, (mine, package)
 print(f"raw latents: std {float(z_raw.std()):.3f}; scale factor from these 1000 digits {mine:.4f}, the autoencoder's "
       f"(measured on all 4000 training digits) {ae.scale_factor:.4f}; scaled std {float((ae.scale_factor * z_raw).std()):.3f}")
 assert abs(mine / ae.scale_factor - 1) < 0.05
@@ -279,8 +288,18 @@ assert left[5.5] > 25 * left[1.0]
 # **Predict, then run.** The latent model was trained on *scaled* latents. Hand it latents at the wrong scale,
 # $m$ times the right one, and ask it for the noise: take 50 encoded test digits $z_0$, noise $m z_0$ to
 # $z_t = \sqrt{\bar\alpha_t}\,m z_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ and measure the model's error
-# $\lVert\hat\varepsilon - \varepsilon\rVert^2$ at several $t$. Before running: for $m = 3$ (latents too
-# wide) and $m = 0.3$ (too narrow), at which timesteps do you expect the model to go wrong, and why?
+# $\lVert\hat\varepsilon - \varepsilon\rVert^2$ at several $t$, for $m = 3$ (latents too wide), $m = 0.3$ (too
+# narrow) and $m = 1$. Before running: with latents 3× too wide, where will the model's noise error be
+# largest? (a) at large $t$, near $T$: there $z_T$ still holds signal (the plot above), which the model never
+# saw at that noise level; (b) at small $t$, where there is little noise: the extra signal is taken for noise;
+# (c) about equally at every $t$. Commit to an answer first.
+
+# %%
+prediction = None  # "a", "b" or "c"
+### BEGIN SOLUTION
+prediction = "b"
+### END SOLUTION
+nb08.commit_scale_prediction(prediction)
 
 # %%
 z50, y50 = latent.encode_images(ae, x_test[:50]), y_test[:50]      # scale_factor · μ(x): the training scale
@@ -300,12 +319,14 @@ plt.show()
 mean_err = {m: float(np.mean(e)) for m, e in eps_err.items()}
 print("mean ε error over these t:", ", ".join(f"m = {m:g}: {e:.3f}" for m, e in mean_err.items()))
 assert mean_err[1.0] < 0.5 * min(mean_err[0.3], mean_err[3.0])
+nb08.reveal_scale_error(prediction, ts, eps_err[3.0], eps_err[1.0])
 
 # %% [markdown]
 # At the training scale the error is small everywhere. **Too wide** ($m = 3$): at small and medium $t$ the
 # model reads the extra signal as noise and its $\hat\varepsilon$ is far off; only near $t = T$, where even
-# 3× the signal is drowned, does it recover. **Too narrow** ($m = 0.3$): the signal is buried at much lower
-# $t$ than the model expects, so the error grows at the low-noise end, where the details are decided. A sampler
+# 3× the signal is drowned, does it recover. **Too narrow** ($m = 0.3$) goes wrong at the same end, for the
+# mirror reason: the model expects more signal than there is and takes part of the noise for it; again the
+# error is largest at the low-noise end, where the details are decided. A sampler
 # built on these predictions goes wrong the same way. What it does to an edit (SDEdit from $t_0 \approx T/2$,
 # section 6) with an autoencoder whose scale factor is off by $m$:
 
@@ -459,12 +480,35 @@ def my_sdedit_timesteps(seq, strength):
 
 
 nb08.check_sdedit_timesteps(my_sdedit_timesteps)
-seq = editing.sampler_timesteps(latent_diffusion, "ddim", STEPS)
-print(f"DDIM-{STEPS} visits {seq[:4]} … {seq[-2:]}; at strength 0.6 SDEdit runs "
-      f"{editing.sdedit_timesteps(seq, 0.6)[:3]} … (the package's version of your function)")
 
 # %% [markdown]
-# **The strength explorer.** Six test digits, each edited towards *another* digit (the class label of the
+# **An edit by hand, with your timesteps.** Three test digits edited towards other digits at strength 0.6:
+# encode them, noise the latents to the first of your timesteps, $z_{t_0} = \sqrt{\bar\alpha_{t_0}}\,z + \sqrt{1 - \bar\alpha_{t_0}}\,\varepsilon$,
+# run one DDIM update (`samplers.ddim_update`) from each of your timesteps to the next (the last to the data,
+# $-1$), decode. It must give exactly what the package's `latent.img2img` gives from the same noise:
+
+# %%
+seq = editing.sampler_timesteps(latent_diffusion, "ddim", STEPS)
+run = my_sdedit_timesteps(seq, 0.6)
+print(f"DDIM-{STEPS} visits {seq[:4]} … {seq[-2:]}; at strength 0.6 your SDEdit runs {run[:3]} … {run[-2:]} "
+      f"({len(run)} steps)")
+x_edit, y_edit = x_test[[0, 1, 2]], torch.tensor([8, 0, 5])
+noise_edit = torch.randn((3, *ae.latent_shape), generator=torch.Generator().manual_seed(4))
+denoiser = samplers.make_denoiser(latent_model, latent_diffusion, y=y_edit, threshold=None)   # latents: no clipping
+with torch.no_grad():
+    z = latent_diffusion.q_sample(latent.encode_images(ae, x_edit), torch.full((3,), run[0]), noise=noise_edit)
+    for t, t_prev in zip(run, run[1:] + [-1]):
+        z, _, _ = samplers.ddim_update(denoiser, latent_diffusion, z, t, t_prev)
+    by_hand = latent.decode_latents(ae, z)
+package = latent.img2img(latent_model, latent_diffusion, ae, x_edit, 0.6, steps=STEPS, y=y_edit, noise=noise_edit)
+plots.show_class_grid(torch.cat([x_edit, by_hand]), n_rows=2, size_per_image=0.7,
+                      row_labels=["input", f"→ {y_edit.tolist()}"])
+plt.show()
+print(f"largest difference from latent.img2img: {float((by_hand - package).abs().max()):.1e}")
+assert torch.allclose(by_hand, package, atol=1e-5)
+
+# %% [markdown]
+# **The strength explorer** (`latent.img2img` at six strengths). Six test digits, each edited towards *another* digit (the class label of the
 # edit, shown in the info line), at six strengths, all from the same noise. Slide from "same image" to
 # "new image": where does the input stop mattering? The right panel is the mean distance from the input.
 

@@ -19,9 +19,11 @@
 # * what a tokenizer does to a caption (start, end and padding tokens, `<unk>`, the context length);
 # * the **contrastive objective**: the N × N similarity matrix of a batch, the symmetric InfoNCE loss (you
 #   write it) and the learned **temperature**;
-# * **zero-shot classification** with prompt ensembling (you write it), next to a supervised classifier;
+# * **zero-shot classification** with prompt ensembling (you write it, and the notebook classifies with it),
+#   next to a supervised classifier;
 # * retrieval in both directions, probing what the embedding knows about each attribute, and whether it
-#   **composes** words it never saw together;
+#   **composes** words it never saw together (you predict whether it reads an upside-down seven, then your
+#   classifier finds out);
 # * what a CLIP cannot know: words outside its vocabulary, ambiguities no caption resolves.
 #
 # *Run time: well under a minute on a 2-core laptop CPU (the slowest part is section 3's optional live training run, about 20 s).*
@@ -534,8 +536,21 @@ assert len(held) == 3 and min(r["accuracy"] for r in held.values()) >= 0.9
 
 # %% [markdown]
 # **The held-out pairs.** Told "this is a seven: upright or upside-down?", the CLIP answers well for
-# sevens it never saw upside down: the probe composes. A harder test is retrieval, where the digit's name
-# must pick out upside-down sevens among upside-down everything and sevens of every kind:
+# sevens it never saw upside down: the probe composes.
+#
+# **Predict, then run.** A harder question: shown the 100 upside-down test sevens and asked only *which digit*
+# each one is (your zero-shot classifier of section 6, three templates, ten digit names), what share will the
+# CLIP call "seven"? (a) most of them, over 60 %: it knows "seven" and it knows "upside-down", and the probe
+# just showed that it composes; (b) some of them, 20 % to 60 %; (c) few of them, under 20 %: it reads them as
+# other digits. Commit to an answer before running the next cell. That cell also tries retrieval, where the
+# digit's name must pick out upside-down sevens among upside-down everything and sevens of every kind.
+
+# %%
+prediction = None  # "a", "b" or "c"
+### BEGIN SOLUTION
+prediction = "c"
+### END SOLUTION
+nb09.commit_upside_down_prediction(prediction)
 
 # %%
 HELD = {"an upside-down seven": dict(label=7, orientation="upside-down"),
@@ -547,11 +562,16 @@ plots.show_class_grid(pool[top_held.flatten()], n_rows=len(HELD), size_per_image
                       row_labels=[f"{q} ({c}/{TOP_K})" for q, c in zip(HELD, held_counts)])
 plt.show()
 ud7 = cap.transform_images(x_test[y_test == 7], ["upside_down"] * int((y_test == 7).sum()))
-ud7_pred = model.zero_shot_classify(ud7).argmax(1)
+ud7_pred = my_zero_shot_predict(model.encode_image(ud7), template_embs)     # your classifier (exercise 2)
+ud7_counts = torch.bincount(ud7_pred, minlength=10)
 print(f"zero-shot class of the {len(ud7)} upside-down test sevens:",
-      {cap.NUMBER_WORDS[k]: int(v) for k, v in enumerate(torch.bincount(ud7_pred, minlength=10)) if v})
+      {cap.NUMBER_WORDS[k]: int(v) for k, v in enumerate(ud7_counts) if v})
+ud7_share = float((ud7_pred == 7).float().mean())
+other = cap.NUMBER_WORDS[int(ud7_counts.index_fill(0, torch.tensor([7]), 0).argmax())]   # the most common non-seven
+nb09.reveal_upside_down(prediction, ud7_share, other)
+assert torch.equal(ud7_pred, model.zero_shot_classify(ud7).argmax(1))   # your classifier = the package's
 assert held_counts[1] >= TOP_K - 2 and held_counts[2] >= TOP_K - 2     # inverted threes, small fives: found
-assert float((ud7_pred == 7).float().mean()) < 0.5                     # upside-down sevens: not read as sevens
+assert ud7_share < 0.5                                                 # upside-down sevens: not read as sevens
 
 # %% [markdown]
 # The held-out pairs split in two. **Inverted threes and small fives** are found as easily as any seen

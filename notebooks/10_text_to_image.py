@@ -24,7 +24,8 @@
 # * the **cascade** and **noise-conditioning augmentation** (you write it): what the augmentation level does;
 # * why a **frozen, pretrained** text encoder works: two tiny models trained live, one reading the CLIP text
 #   tower, one reading a random one;
-# * which **held-out combinations** the models can draw, and what the autoencoder's limits cost mini-SD;
+# * which **held-out combinations** the models can draw (you predict what they make of "an upside-down seven"
+#   first), and what the autoencoder's limits cost mini-SD;
 # * a **prompt box**: type a prompt, set w, the sampler and its steps, see the images.
 #
 # *Run time: about a minute and a half on a 2-core laptop CPU (two thirds of it section 5's two live training runs).*
@@ -612,6 +613,18 @@ assert similar["pretrained CLIP text tower"][0] > similar["pretrained CLIP text 
 # (`text_to_image.clip_judge`: "an upright seven" or "an upside-down seven"?). Mini-SD was trained without
 # inverted digits (below), so it is asked for a black-on-white three only to see what it does with words it knows
 # and images it has never been shown.
+#
+# **Predict, then run.** Asked for "an upside-down seven", what will the two systems draw? (a) upside-down
+# sevens: they know both words and compose them, as they will for "a small five"; (b) something upside-down
+# that, turned back, is not a seven; (c) upright sevens: they ignore "upside-down" for a digit they never saw
+# turned. Commit to an answer before running the next cell.
+
+# %%
+prediction = None  # "a", "b" or "c"
+### BEGIN SOLUTION
+prediction = "b"
+### END SOLUTION
+nb10.commit_held_out_prediction(prediction)
 
 # %%
 HELD = [("an upside-down seven", 7, "orientation", "upside_down"), ("a small five", 5, "size", "small"),
@@ -633,6 +646,8 @@ plots.show_class_grid(torch.cat(shown), n_rows=len(shown), size_per_image=0.55,
 plt.show()
 for (system, prompt), (d, o) in held.items():
     print(f"{system:>11} {prompt!r:>26}: digit {d:.0%}, attribute obeyed {o:.0%}")
+ud7 = [held[system, "an upside-down seven"] for system in ("mini-SD", "mini-Imagen")]
+nb10.reveal_held_out(prediction, float(np.mean([d for d, _ in ud7])), float(np.mean([o for _, o in ud7])))
 
 digit = {k: v[0] for k, v in held.items()}
 obeyed = {k: v[1] for k, v in held.items()}

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ddpm_lite.exercises import ExerciseError
+from ddpm_lite.diffusion import dynamic_threshold, null_labels
+from ddpm_lite.exercises import ExerciseError, NotAnsweredError
 from ddpm_lite.exercises import nb07
 
 
@@ -101,3 +102,106 @@ def test_saturated_fraction_reference_passes(capsys):
 def test_saturated_fraction_rejects_mistakes(wrong, message):
     with pytest.raises(ExerciseError, match=message):
         nb07.check_saturated_fraction(wrong)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [(lambda s: s, "s itself"), (lambda s: s + 1, "wrong way"), (lambda s: 1 / s, "not 1/s")],
+)
+def test_scale_to_w_names_mistakes(wrong, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb07.check_scale_to_w(wrong)
+
+
+def test_scale_to_w_unanswered():
+    def todo(s):
+        raise NotImplementedError()
+
+    with pytest.raises(NotAnsweredError):
+        nb07.check_scale_to_w(todo)
+
+
+# -- exercise 4: the guided, thresholded denoiser ----------------------------------------------------------------
+
+def guided_predictions(model, diffusion, x_t, t, y, w, threshold=None, percentile=0.95, *, combine="cfg",
+                       x0_form="right", thresholding="right"):
+    eps_c = model(x_t, t, y)
+    null = torch.zeros_like(y) if combine == "class0" else null_labels(model, y)
+    eps_u = model(x_t, t, null)
+    eps = {"cfg": (1 + w) * eps_c - w * eps_u, "class0": (1 + w) * eps_c - w * eps_u,
+           "scale": eps_u + w * (eps_c - eps_u), "swapped": (1 + w) * eps_u - w * eps_c, "cond": eps_c}[combine]
+    ab = diffusion.schedule.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    x0 = {"right": (x_t - (1 - ab).sqrt() * eps) / ab.sqrt(), "no_sqrt": (x_t - (1 - ab) * eps) / ab,
+          "no_divide": x_t - (1 - ab).sqrt() * eps}[x0_form]
+    if threshold is None or thresholding == "none":
+        return x0, eps
+    if threshold == "static" or thresholding == "static_always":
+        x0_new = x0.clamp(-1, 1)
+    else:
+        x0_new = dynamic_threshold(x0, percentile)
+    if thresholding == "no_recompute":
+        return x0_new, eps
+    return x0_new, (x_t - ab.sqrt() * x0_new) / (1 - ab).sqrt()
+
+
+def test_guided_predictions_reference_passes(capsys):
+    nb07.check_guided_predictions(guided_predictions)
+    # the package's own, called the same way
+    nb07.check_guided_predictions(lambda m, d, x, t, y, w, th, p: d.model_predictions(m, x, t, y, w, th, p))
+    assert capsys.readouterr().out.count("Correct") == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(combine="scale"), "guidance scale s"),
+        (dict(combine="swapped"), "branches are swapped"),
+        (dict(combine="class0"), "not class 0"),
+        (dict(combine="cond"), "no guidance"),
+        (dict(x0_form="no_sqrt"), "without the square roots"),
+        (dict(x0_form="no_divide"), "forgot to divide"),
+        (dict(thresholding="none"), "threshold is not applied"),
+        (dict(thresholding="static_always"), "not static clipping"),
+        (dict(thresholding="no_recompute"), "recompute ε̂"),
+    ],
+)
+def test_guided_predictions_mistakes_are_named(kwargs, message):
+    def wrong(model, diffusion, x_t, t, y, w, threshold, percentile):
+        return guided_predictions(model, diffusion, x_t, t, y, w, threshold, percentile, **kwargs)
+
+    with pytest.raises(ExerciseError, match=message):
+        nb07.check_guided_predictions(wrong)
+
+
+def test_guided_predictions_shape_and_unanswered():
+    def todo(*args):
+        raise NotImplementedError()
+
+    with pytest.raises(NotAnsweredError):
+        nb07.check_guided_predictions(todo)
+    with pytest.raises(ExerciseError, match="pair"):
+        nb07.check_guided_predictions(lambda m, d, x, t, y, w, th, p: guided_predictions(m, d, x, t, y, w, th, p)[0])
+    with pytest.raises(ExerciseError, match="differs"):
+        nb07.check_guided_predictions(lambda m, d, x, t, y, w, th, p: tuple(
+            v * 1.01 for v in guided_predictions(m, d, x, t, y, w, th, p)))
+
+
+# -- predict, then run: diversity under guidance -------------------------------------------------------------------
+
+def test_diversity_prediction_commit_and_reveal(capsys):
+    assert nb07.commit_diversity_prediction(" (C) ") == "c"
+    with pytest.raises(ExerciseError, match="commit to an answer first"):
+        nb07.commit_diversity_prediction(None)
+    with pytest.raises(ExerciseError, match="not one of the choices"):
+        nb07.commit_diversity_prediction("d")
+    # the truth comes from the two measured diversities
+    assert [nb07.diversity_truth(1.0, hi) for hi in (1.5, 1.2, 1.0, 0.8, 0.79, 0.3)] == ["a", "b", "b", "b", "c", "c"]
+    capsys.readouterr()
+    assert nb07.reveal_diversity("c", 0.87, 0.60) is True
+    out = capsys.readouterr().out
+    assert "Right" in out and "0.87" in out and "0.60" in out and "Why:" in out
+    for wrong in ("a", "b"):
+        assert nb07.reveal_diversity(wrong, 0.87, 0.60) is False
+        out = capsys.readouterr().out
+        assert "Not what happened" in out and "implicit classifier" in out
+    assert nb07.reveal_diversity("b", 0.9, 0.95) is True

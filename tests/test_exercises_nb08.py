@@ -121,3 +121,38 @@ def test_scale_factor_reference_passes(capsys):
 def test_scale_factor_rejects_mistakes(wrong, message):
     with pytest.raises(ExerciseError, match=message):
         nb08.check_scale_factor(wrong)
+
+
+# -- predict, then run: latents at the wrong scale -------------------------------------------------------------------
+
+TS = [20, 50, 100, 200, 350, 500, 700, 999]
+RIGHT = [0.61, 0.37, 0.22, 0.11, 0.05, 0.02, 0.003, 0.0]
+
+
+def test_scale_prediction_commit_and_truth():
+    assert nb08.commit_scale_prediction("B") == "b"
+    with pytest.raises(ExerciseError, match="commit to an answer first"):
+        nb08.commit_scale_prediction(None)
+    with pytest.raises(ExerciseError, match="not one of the choices"):
+        nb08.commit_scale_prediction("large t")
+    # the truth comes from the measured errors: where the excess over the right scale lies
+    low_t = [3.76, 3.61, 3.34, 2.67, 1.40, 0.44, 0.05, 0.0]       # 3× too wide, as measured in the notebook
+    high_t = [r + e for r, e in zip(RIGHT, [0, 0, 0, 0.01, 0.05, 0.6, 1.2, 1.5])]
+    flat = [r + 0.5 for r in RIGHT]
+    assert nb08.scale_error_truth(TS, low_t, RIGHT) == "b"
+    assert nb08.scale_error_truth(TS, high_t, RIGHT) == "a"
+    assert nb08.scale_error_truth(TS, flat, RIGHT) == "c"
+    with pytest.raises(ValueError, match="both sides"):
+        nb08.scale_error_truth([900, 999], [1, 1], [0, 0])
+
+
+def test_scale_prediction_reveal(capsys):
+    wide = [3.76, 3.61, 3.34, 2.67, 1.40, 0.44, 0.05, 0.0]
+    capsys.readouterr()
+    assert nb08.reveal_scale_error("b", TS, wide, RIGHT) is True
+    out = capsys.readouterr().out
+    assert "Right" in out and "3.76" in out and "t = 50" in out and "Why:" in out
+    for wrong in ("a", "c"):   # both wrong predictions are said to be wrong, with the reasoning
+        assert nb08.reveal_scale_error(wrong, TS, wide, RIGHT) is False
+        out = capsys.readouterr().out
+        assert "Not what happened" in out and "books it as noise" in out

@@ -152,3 +152,24 @@ def test_zero_shot_not_answered():
 
     with pytest.raises(NotAnsweredError):
         nb09.check_zero_shot(todo)
+
+
+# -- predict, then run: the upside-down seven --------------------------------------------------------------------------
+
+def test_upside_down_prediction_commit_and_reveal(capsys):
+    assert nb09.commit_upside_down_prediction("c") == "c"
+    with pytest.raises(ExerciseError, match="commit to an answer first"):
+        nb09.commit_upside_down_prediction(None)
+    with pytest.raises(ExerciseError, match="not one of the choices"):
+        nb09.commit_upside_down_prediction("seven")
+    # the truth comes from the measured share, never typed in
+    assert [nb09.upside_down_truth(v) for v in (1.0, 0.61, 0.6, 0.2, 0.19, 0.0)] == ["a", "a", "b", "b", "c", "c"]
+    capsys.readouterr()
+    assert nb09.reveal_upside_down("c", 0.0, "six") is True
+    out = capsys.readouterr().out
+    assert "Right" in out and "0%" in out and '"six"' in out and "Why:" in out
+    for wrong in ("a", "b"):   # both wrong predictions are said to be wrong, with the reasoning
+        assert nb09.reveal_upside_down(wrong, 0.0) is False
+        out = capsys.readouterr().out
+        assert "Not what happened" in out and "new one" in out
+    assert nb09.reveal_upside_down("a", 0.9) is True

@@ -214,3 +214,27 @@ def test_noise_augmentation_rejects_mistakes(wrong, message):
 def test_noise_augmentation_not_answered():
     with pytest.raises(NotAnsweredError):
         nb10.check_noise_augmentation(_todo)
+
+
+# -- predict, then run: a held-out combination ----------------------------------------------------------------------
+
+def test_held_out_prediction_commit_and_reveal(capsys):
+    assert nb10.commit_held_out_prediction("(b)") == "b"
+    with pytest.raises(ExerciseError, match="commit to an answer first"):
+        nb10.commit_held_out_prediction(None)
+    with pytest.raises(ExerciseError, match="not one of the choices"):
+        nb10.commit_held_out_prediction("upside-down")
+    # the truth comes from the two measurements, never typed in
+    assert nb10.held_out_truth(digit=0.0, upside_down=1.0) == "b"
+    assert nb10.held_out_truth(digit=0.8, upside_down=0.9) == "a"
+    assert nb10.held_out_truth(digit=0.5, upside_down=0.5) == "a"
+    assert nb10.held_out_truth(digit=0.0, upside_down=0.1) == "c"
+    assert nb10.held_out_truth(digit=0.9, upside_down=0.2) == "c"
+    capsys.readouterr()
+    assert nb10.reveal_held_out("b", 0.0, 1.0) is True
+    out = capsys.readouterr().out
+    assert "Right" in out and "100% judged upside-down" in out and "Why:" in out
+    for wrong in ("a", "c"):   # both wrong predictions are said to be wrong, with the reasoning
+        assert nb10.reveal_held_out(wrong, 0.0, 1.0) is False
+        out = capsys.readouterr().out
+        assert "Not what happened" in out and "new shape" in out

@@ -10,6 +10,13 @@ Exercises:
     3. `check_sdedit_timesteps(fn)`: SDEdit's part of a sampler's timestep sequence, fn(seq, strength) -> the
        last round(strength · len(seq)) timesteps, compared with `ddpm_lite.editing.sdedit_timesteps`.
 
+    Predict, then run: `SCALE_CHOICES`, `commit_scale_prediction(p)` before the latent model is given latents
+       3× too wide, `reveal_scale_error(p, ts, errors_wrong, errors_right)` after: at which timesteps does its
+       noise prediction go wrong?
+
+The notebook then uses the learner's functions: `my_reparam_kl` draws the posterior samples, `my_scale_factor`
+measures the autoencoder's scale factor, `my_sdedit_timesteps` drives an SDEdit run by hand.
+
 Every reference is computed by the package at check time, never typed in.
 """
 
@@ -21,9 +28,10 @@ import torch
 
 from ..autoencoder import DiagonalGaussian
 from ..editing import sdedit_timesteps
-from . import ExerciseError, allclose, as_tensor, call_answer, passed
+from . import ExerciseError, allclose, as_tensor, call_answer, commit_choice, passed, reveal_choice
 
-__all__ = ["check_reparam_kl", "check_sdedit_timesteps", "check_scale_factor"]
+__all__ = ["check_reparam_kl", "check_sdedit_timesteps", "check_scale_factor", "SCALE_CHOICES",
+           "commit_scale_prediction", "scale_error_truth", "reveal_scale_error"]
 
 
 # -- exercise 1: z = μ + σ ε and the closed-form KL --------------------------------------------------------------
@@ -204,3 +212,49 @@ def check_scale_factor(fn) -> None:
             raise ExerciseError("1 / √mean(z²) ignores the latents' mean; use the standard deviation (z.std()).")
         raise ExerciseError(f"for latents with std {std:.3f} you return {got:.4g}, expected 1 / std = {ref:.4g}.")
     passed("scale_factor = 1 / std(z): the scaled latents have unit standard deviation, like the noise.")
+
+
+# -- predict, then run: latents at the wrong scale -------------------------------------------------------------------
+
+SCALE_CHOICES = {
+    "a": "at large t, near T: there z_T still holds signal, which the model never saw at that noise level",
+    "b": "at small t, where there is little noise: the extra signal is taken for noise",
+    "c": "about equally at every t: the inputs are wrong at every noise level",
+}
+
+
+def commit_scale_prediction(prediction) -> str:
+    """Before the run: where will the latent model's noise error be largest when its latents are 3× too wide?"""
+    return commit_choice(prediction, SCALE_CHOICES)
+
+
+def scale_error_truth(ts, errors_wrong, errors_right) -> str:
+    """The choice the measurement supports: the excess error (wrong scale minus right scale) averaged over the
+    timesteps below T/2 and over those from T/2 on, T taken as max(ts) + 1. One half with 3× the other's excess
+    decides; otherwise "about equally"."""
+    ts = [int(t) for t in ts]
+    half = (max(ts) + 1) / 2
+    excess = [float(w) - float(r) for w, r in zip(errors_wrong, errors_right)]
+    low = [e for t, e in zip(ts, excess) if t < half]
+    high = [e for t, e in zip(ts, excess) if t >= half]
+    if not low or not high:
+        raise ValueError("need timesteps on both sides of T/2")
+    low, high = sum(low) / len(low), sum(high) / len(high)
+    return "b" if low > 3 * high else "a" if high > 3 * low else "c"
+
+
+def reveal_scale_error(prediction, ts, errors_wrong, errors_right, m: float = 3.0) -> bool:
+    """After the run: the measured errors decide; the reasoning is printed either way."""
+    ts = [int(t) for t in ts]
+    worst = max(range(len(ts)), key=lambda i: float(errors_wrong[i]) - float(errors_right[i]))
+    why = ("the model predicts ε as ε̂ = (z_t − √ᾱ_t ẑ_0) / √(1 − ᾱ_t), with ẑ_0 its guess of a unit-variance "
+           f"latent. Latents {m:g}× too wide leave a part of the signal that no unit-variance latent explains, and "
+           "the model books it as noise. A misjudged signal δ costs √ᾱ_t δ / √(1 − ᾱ_t) in ε: huge at small t, "
+           "where √(1 − ᾱ_t) is tiny, and negligible near T, where √ᾱ_t is (at t = 999, √ᾱ ≈ 0.006: even 3× "
+           "the signal is invisible). The leftover signal in z_T is real, but too small to show in ε; it matters "
+           "for where sampling starts, not for this error.")
+    return reveal_choice(prediction, scale_error_truth(ts, errors_wrong, errors_right), SCALE_CHOICES, why,
+                         measured=f"measured: mean (ε̂ − ε)² {float(errors_wrong[0]):.2f} at t = {ts[0]} against "
+                                  f"{float(errors_right[0]):.2f} at the right scale, {float(errors_wrong[-1]):.3f} "
+                                  f"against {float(errors_right[-1]):.3f} at t = {ts[-1]}; the largest excess at "
+                                  f"t = {ts[worst]}")

@@ -10,6 +10,9 @@ Exercises:
        embeddings over the T templates, re-normalise, cosine similarity with each image [B, d], argmax over the
        K classes; compared with the same steps written with the package's `F.normalize`, which is what
        `CLIP.class_embeddings` and `CLIP.zero_shot_classify` do.
+    Predict, then run: `UPSIDE_DOWN_CHOICES`, `commit_upside_down_prediction(p)` before the held-out pairs are
+       tested, `reveal_upside_down(p, share, other)` after your zero-shot classifier has read the upside-down test
+       sevens (a rotation the captions never applied to a seven): what share does it call "seven"?
 
 Every reference is computed by the package at check time, never typed in. Each planted mistake (one direction
 only, no or inverted temperature, missing normalisation, sum instead of mean, wrong targets; no
@@ -22,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from ..clip import INIT_TEMPERATURE, MAX_LOGIT_SCALE, clip_loss
-from . import ExerciseError, allclose, as_tensor, call_answer, passed
+from . import ExerciseError, allclose, as_tensor, call_answer, commit_choice, passed, reveal_choice
 
-__all__ = ["check_clip_loss", "check_zero_shot"]
+__all__ = ["check_clip_loss", "check_zero_shot", "UPSIDE_DOWN_CHOICES", "commit_upside_down_prediction",
+           "upside_down_truth", "reveal_upside_down"]
 
 
 # -- exercise 1: the symmetric InfoNCE loss ------------------------------------------------------------------------
@@ -231,3 +235,38 @@ def check_zero_shot(fn) -> None:
                             "function depend on the batch size or on the dtype?")
     passed("average the T templates' embeddings, re-normalise, cosine similarity, argmax over the classes: CLIP's "
            "zero-shot classifier with prompt ensembling (Radford et al. 2021, §3.1.4).")
+
+
+# -- predict, then run: does the CLIP read an upside-down seven? --------------------------------------------------
+
+UPSIDE_DOWN_CHOICES = {
+    "a": "most of them (over 60 %): it knows \"seven\" and it knows \"upside-down\", and the probe says it composes",
+    "b": "some of them (20 % to 60 %)",
+    "c": "few of them (under 20 %): it reads them as other digits",
+}
+
+
+def commit_upside_down_prediction(prediction) -> str:
+    """Before the run: what share of the upside-down test sevens will the zero-shot classifier call "seven"?"""
+    return commit_choice(prediction, UPSIDE_DOWN_CHOICES)
+
+
+def upside_down_truth(share_read_as_seven: float) -> str:
+    """The choice that the measured share of upside-down sevens read as "seven" falls in."""
+    return "a" if share_read_as_seven > 0.6 else "b" if share_read_as_seven >= 0.2 else "c"
+
+
+def reveal_upside_down(prediction, share_read_as_seven: float, most_common: str = "") -> bool:
+    """After the run: the measured share decides; the reasoning is printed either way."""
+    why = ("the zero-shot classifier asks \"which of 'a zero' … 'a nine' is nearest?\", and a seven turned by 180° "
+           "has the shape of no upright seven: its bar sits at the bottom, its stem leans up from it. \"seven\" was "
+           "only ever said of upright sevens, so the image encoder never learned to map this "
+           "shape near it; the nearest digit name is the one whose upright or rotated shapes it resembles. The "
+           "probe succeeded because it asked an easier question: *given* a seven, upright or upside down? That "
+           "needs only the orientation, which the encoder learned from the other nine digits. Composition works "
+           "when the transformation keeps the shape that the word names, not when it makes a new one.")
+    measured = f"measured: {share_read_as_seven:.0%} read as \"seven\""
+    if most_common:
+        measured += f", most often as \"{most_common}\""
+    return reveal_choice(prediction, upside_down_truth(share_read_as_seven), UPSIDE_DOWN_CHOICES, why,
+                         measured=measured)

@@ -12,6 +12,9 @@ Exercises:
        §2.5), fn(low, size, aug_level, alphas_cumprod, noise) -> the low-resolution image upsampled bilinearly
        to `size`, then forward-noised to timestep `aug_level`: √ᾱ_s · up + √(1 − ᾱ_s) · noise; compared with
        `text_to_image.upsample` and `GaussianDiffusion.q_sample`, what the super-resolution stage does.
+    Predict, then run: `HELD_OUT_CHOICES`, `commit_held_out_prediction(p)` before the held-out prompts are
+       sampled, `reveal_held_out(p, digit, upside_down)` after: what do the two systems draw for "an upside-down
+       seven", a combination no training caption had?
 
 Every reference is computed by the package at check time, never typed in. Each planted mistake (no √d scaling,
 softmax over the positions, the mask ignored, inverted or applied after the softmax, masked scores set to 0,
@@ -31,9 +34,10 @@ from ..conditioning import TextCondition
 from ..diffusion import GaussianDiffusion
 from ..text_to_image import upsample
 from ..transformer import attention
-from . import ExerciseError, allclose, as_tensor, call_answer, passed
+from . import ExerciseError, allclose, as_tensor, call_answer, commit_choice, passed, reveal_choice
 
-__all__ = ["check_cross_attention", "check_text_guidance", "check_noise_augmentation"]
+__all__ = ["check_cross_attention", "check_text_guidance", "check_noise_augmentation", "HELD_OUT_CHOICES",
+           "commit_held_out_prediction", "held_out_truth", "reveal_held_out"]
 
 
 # -- exercise 1: cross-attention with a padding mask ---------------------------------------------------------------
@@ -318,3 +322,39 @@ def check_noise_augmentation(fn) -> None:
                             f"[B, 1, 1, 1].")
     raise ExerciseError(f"your augmented images differ from √ᾱ_s · up + √(1 − ᾱ_s) · noise by up to "
                         f"{(got - ref).abs().max().item():.3g}.")
+
+
+# -- predict, then run: a held-out combination --------------------------------------------------------------------
+
+HELD_OUT_CHOICES = {
+    "a": "upside-down sevens: the models know both words and compose them, as they do for \"a small five\"",
+    "b": "something upside-down that, turned back, is not a seven",
+    "c": "upright sevens: the models ignore \"upside-down\" for a digit they never saw turned",
+}
+
+
+def commit_held_out_prediction(prediction) -> str:
+    """Before the run: what do mini-SD and mini-Imagen draw for "an upside-down seven"?"""
+    return commit_choice(prediction, HELD_OUT_CHOICES)
+
+
+def held_out_truth(digit: float, upside_down: float) -> str:
+    """The choice the measurements support. `digit`: share of the images read as a seven once rotated back;
+    `upside_down`: share the CLIP judges upside-down (both averaged over the systems). Mostly not upside down:
+    (c); upside down and a seven: (a); upside down but not a seven: (b)."""
+    if upside_down < 0.5:
+        return "c"
+    return "a" if digit >= 0.5 else "b"
+
+
+def reveal_held_out(prediction, digit: float, upside_down: float) -> bool:
+    """After the run: the measurements decide; the reasoning is printed either way."""
+    why = ("the U-Net learned \"upside-down\" from the other nine digits, so it turns whatever it draws; but what "
+           "it draws for \"seven\" it learned from upright sevens only. An upside-down seven is "
+           "a new shape, and nothing in the text encoder's states (the same CLIP's, which did not read upside-down "
+           "sevens as sevens either) tells the U-Net what it looks like. So the words do not compose into the "
+           "picture: the models follow \"upside-down\" and fall back on strokes of the upside-down digits they "
+           "saw. \"A small five\" composes because shrinking keeps the shape that \"five\" names.")
+    return reveal_choice(prediction, held_out_truth(digit, upside_down), HELD_OUT_CHOICES, why,
+                         measured=f"measured over both systems: {upside_down:.0%} judged upside-down by the CLIP, "
+                                  f"{digit:.0%} read as a seven once rotated back")
