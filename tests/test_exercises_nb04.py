@@ -6,6 +6,9 @@ import torch
 from ddpm_lite.exercises import ExerciseError, NotAnsweredError
 from ddpm_lite.exercises import nb04
 
+# tiny tensors: one thread is fastest, and the machine's cores are shared
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # -- exercise 1: the guided ε ----------------------------------------------------------------------------------
 
