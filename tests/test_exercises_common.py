@@ -15,7 +15,7 @@ FUNCTION_CHECKS = [
     nb03.check_simple_loss, nb03.check_ema_update, nb03.check_ema_warmup,
     nb04.check_guided_eps, nb04.check_drop_labels, nb04.check_cfg_loss,
     nb05.check_ddpm_sample, nb05.check_ddim_step,
-    nb06.check_ddim_sigma, nb06.check_ddim_step, nb06.check_trailing_timesteps,
+    nb06.check_ddim_sigma, nb06.check_ddim_step, nb06.check_trailing_timesteps, nb06.check_ddim_sampler,
     nb07.check_dynamic_threshold, nb07.check_scale_to_w, nb07.check_saturated_fraction,
     nb08.check_reparam_kl, nb08.check_sdedit_timesteps, nb08.check_scale_factor,
     nb09.check_clip_loss, nb09.check_zero_shot,
