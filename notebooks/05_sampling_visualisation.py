@@ -379,8 +379,10 @@ plt.show()
 #
 # ### Exercise 1 · The sampling loop, run on the digits model
 #
-# Write `ddpm_sample(denoiser, diffusion, x_T, generator)`: Algorithm 2 as a loop, the way `samplers.ddpm_steps`
-# does it (section 1). `denoiser(x, t)` returns the model's $(\hat x_0, \hat\varepsilon)$ for a batch `x` at a
+# In notebook 02 you wrote one reverse step from $\hat\varepsilon$ (eq. 11) and were handed the noise. Now write the
+# whole sampler, in the form the package uses for images (section 1: the posterior mean with the clipped
+# $\hat x_0$), with its own noise draws and its last step. Write `ddpm_sample(denoiser, diffusion, x_T, generator)`:
+# Algorithm 2 as a loop, the way `samplers.ddpm_steps` does it. `denoiser(x, t)` returns the model's $(\hat x_0, \hat\varepsilon)$ for a batch `x` at a
 # timestep tensor `t` (`torch.long`, shape `[B]`, all entries equal), with $\hat x_0$ already clipped. With
 # `s = diffusion.schedule`, for $t = T-1, \dots, 0$ ($T$ = `diffusion.num_timesteps`):
 #
@@ -393,7 +395,8 @@ plt.show()
 # stored as `s.posterior_mean_coef1`, `s.posterior_mean_coef2` and `s.posterior_variance` (indexed by $t$). Add
 # the noise only for $t > 0$, drawn right after the denoiser call as `torch.randn(x.shape, generator=generator,
 # dtype=x.dtype)`: then your loop draws exactly the random numbers the package's sampler draws, and the same
-# seed gives the same samples. Return the final $x$.
+# seed gives the same samples. Return the final $x$. (Eq. 11 with the denoiser's $\hat\varepsilon$ gives the same
+# steps: the denoiser recomputes $\hat\varepsilon$ from the clipped $\hat x_0$, so the two forms agree.)
 #
 # The check compares your loop with `samplers.ddpm` on a 2D toy with a 100-step schedule, and names the usual
 # slips. Then the next cell runs **your loop on the digits model** from section 2's seed: 1000 network
