@@ -21,14 +21,19 @@
 # * classifier-free guidance, $\tilde\varepsilon = (1+w)\,\varepsilon_\theta(x_t, c) - w\,\varepsilon_\theta(x_t, \varnothing)$
 #   (Ho & Salimans), where it comes from and what the weight $w$ does;
 # * how to *measure* whether a sample of class 3 looks like a 3 (a classifier trained on real digits), and
-#   the **guidance explorer** widget.
+#   the **guidance explorer** widget;
+# * by building it: you predict where the label matters most before the notebook measures it, and in the
+#   exercises you write the guided $\tilde\varepsilon$, label dropout and the **conditional training loss**,
+#   then train a small class-conditional 2D model with your loss and sample it with your guided $\tilde\varepsilon$.
 #
 # We use the trained class-conditional digits model that ships with the course (`assets/checkpoints/digits`):
-# an 8×8 U-Net with 10 classes plus the null class, index 10. Nothing is trained here.
+# an 8×8 U-Net with 10 classes plus the null class, index 10. The only training here is the small 2D model of
+# exercise 3 (a few seconds).
 #
 # *Run time: under a minute on a laptop CPU.*
 
 # %%
+import math
 import time
 from pathlib import Path
 
@@ -37,12 +42,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddpm_lite import metrics, plots
+from ddpm_lite import metrics, plots, toys
 from ddpm_lite.checkpoint import from_pretrained
 from ddpm_lite.data import load_dataset
-from ddpm_lite.diffusion import null_labels
+from ddpm_lite.diffusion import GaussianDiffusion, null_labels
 from ddpm_lite.exercises import nb04
-from ddpm_lite.samplers import sample
+from ddpm_lite.oracle import sample_points
+from ddpm_lite.samplers import ddim, sample
+from ddpm_lite.toy_mlp import ToyMLP
 from ddpm_lite.train import TrainConfig
 from ddpm_lite.unet import ResBlock, timestep_embedding
 from ddpm_lite.widgets import GuidanceExplorer
@@ -136,7 +143,19 @@ assert all_bias.shape == (K, sum(b.shape[1] for b in bias)) and off_diag.nan_to_
 # prediction implies a guess of the clean image, $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta)/\sqrt{\bar\alpha_t}$
 # (eq. 4 solved for $x_0$; notebook 05 looks at it closely), clipped to the data range $[-1, 1]$ as the samplers
 # do. The root-mean-square difference between the two guesses, per pixel, says how much the label changes the
-# model's idea of the image:
+# model's idea of the image.
+#
+# **Predict, then run.** Before the next cell measures it: at which noise level does the label change the
+# model's guess $\hat x_0$ the most? (a) at small $t$ ($t \le 250$), where there is little noise and the
+# details of the digit could depend on the label; (b) in the middle ($250 < t < 750$); (c) at large $t$
+# ($t \ge 750$), where the image is nearly pure noise. Commit to an answer first.
+
+# %%
+prediction = None  # "a", "b" or "c"
+### BEGIN SOLUTION
+prediction = "c"
+### END SOLUTION
+nb04.commit_label_effect_prediction(prediction)
 
 # %%
 gen = torch.Generator().manual_seed(0)
@@ -157,6 +176,7 @@ ax.set(xlabel="t", ylabel="RMS change of $\\hat x_0$", title="how much does the 
 plt.show()
 print("RMS change of x̂0 per pixel:", ", ".join(f"t={t}: {e:.3f}" for t, e in zip(ts_probe, label_effect)))
 assert label_effect[-1] > 3 * label_effect[0], label_effect
+nb04.reveal_label_effect(prediction, ts_probe, label_effect)
 
 # %% [markdown]
 # At small $t$ the image itself says which digit it is, so the label adds almost nothing. At large $t$ the
@@ -424,6 +444,125 @@ def drop_labels(y, p, num_classes, generator=None):
 
 nb04.check_drop_labels(drop_labels)
 
+
+# %% [markdown]
+# ### Exercise 3 · The conditional training loss, and a model trained with it
+#
+# Now put label dropout into training. Write `cfg_loss(model, diffusion, x0, y, p_uncond, generator)`: the loss
+# of one training step of a class-conditional model that also learns the unconditional $\varepsilon_\theta(x_t, \varnothing)$.
+# Replace the labels `y` by the null class `model.num_classes` with probability `p_uncond` (your `drop_labels`),
+# then return the **batch mean** of `diffusion.training_losses(model, x0, y=..., generator=generator)["loss"]`:
+# that function draws $t$ and $\varepsilon$, forms $x_t$, calls the model once and applies the loss weighting
+# (min-SNR-γ, as the course's `Trainer` does). Draw every random number from `generator`, and return a tensor the
+# optimiser can call `.backward()` on.
+#
+# The check watches what your function gives the model (which labels, which timesteps, clean or noisy inputs) and
+# recomputes the loss from exactly that. The cell after it then **trains a class-conditional model with your
+# loss**: a small MLP on the ring of 8 Gaussians, each Gaussian a class (notebook 02's toy data), about 5 s.
+
+# %%
+def cfg_loss(model, diffusion, x0, y, p_uncond, generator=None):
+    ### BEGIN SOLUTION
+    y_tilde = drop_labels(y, p_uncond, model.num_classes, generator)
+    return diffusion.training_losses(model, x0, y=y_tilde, generator=generator)["loss"].mean()
+    ### END SOLUTION
+
+
+nb04.check_cfg_loss(cfg_loss)
+
+# %%
+TOY_STEPS = 800                                   # AdamW steps (about 5 s on one core)
+ring = toys.GaussianMixture.ring(8, radius=0.7, std=0.07)          # 8 Gaussians; class c = Gaussian c
+toy_diffusion = GaussianDiffusion("linear", 1000, min_snr_gamma=5.0)  # the digits model's schedule and weighting
+torch.manual_seed(0)
+toy = ToyMLP(dim=2, hidden=64, num_classes=8)     # a class embedding added to the time embedding; null class 8
+opt = torch.optim.AdamW(toy.parameters(), lr=3e-3)
+gen = torch.Generator().manual_seed(0)
+t0 = time.perf_counter()
+for step in range(TOY_STEPS):
+    for group in opt.param_groups:                # a short warm-up, then cosine decay
+        group["lr"] = 3e-3 * min(1.0, (step + 1) / 50) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / TOY_STEPS)))
+    x0, c = ring.sample(256, generator=gen, return_labels=True)
+    loss = cfg_loss(toy, toy_diffusion, x0, c, 0.1, gen)           # your loss, p_uncond = 0.1
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+toy.eval()
+print(f"trained with your cfg_loss: {TOY_STEPS} steps in {time.perf_counter() - t0:.1f} s, last loss {loss.item():.3f}")
+
+
+# %% [markdown]
+# The model is sampled with DDIM (50 steps; notebook 06) through **your** `guided_eps` of exercise 1: at every
+# step the denoiser below asks the network for $\varepsilon_\theta(x_t, c)$ and $\varepsilon_\theta(x_t, \varnothing)$
+# and combines them with your function. Three runs from the same 800 starting points: the null class
+# (unconditional), each class (100 points per class) without guidance, and the same with $w = 3$.
+
+# %%
+def guided_denoiser(y, w):
+    """(x̂0, ε̂) of the toy model with your guided ε̃ = guided_eps(ε(x_t, c), ε(x_t, ∅), w); x̂0 clipped to [-1, 1]."""
+    null = torch.full_like(y, toy.num_classes)
+
+    def denoiser(x, t):
+        with torch.no_grad():
+            eps = guided_eps(toy(x, t, y), toy(x, t, null), w)
+        x0_hat = toy_diffusion.predict_x0_from_eps(x, t, eps).clamp(-1, 1)
+        return x0_hat, toy_diffusion.predict_eps_from_x0(x, t, x0_hat)
+    return denoiser
+
+
+x_T_toy = torch.randn(800, 2, generator=torch.Generator().manual_seed(1))
+y_each = torch.arange(800) % 8                                      # 100 points asked of each class
+toy_runs = {"null class ∅: unconditional": (torch.full((800,), 8), 0.0),
+            "each class, w = 0": (y_each, 0.0), "each class, w = 3": (y_each, 3.0)}
+toy_samples = {name: ddim(guided_denoiser(y, w), toy_diffusion, x_T_toy, steps=50)
+               for name, (y, w) in toy_runs.items()}
+mode = {name: torch.cdist(x.double(), ring.means.double()).min(1) for name, x in toy_samples.items()}
+
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.7))
+for ax, (name, x) in zip(axes, toy_samples.items()):
+    colour = None if name.startswith("null") else toy_runs[name][0]
+    plots.plot_2d(x, ax=ax, c=colour, lim=1.1, s=4, title=name, cmap="tab10" if colour is not None else None)
+fig.tight_layout()
+plt.show()
+
+near = {name: float((m.values < 3 * 0.07).double().mean()) for name, m in mode.items()}
+shares = torch.bincount(mode["null class ∅: unconditional"].indices, minlength=8) / 800
+at_class = {name: float(((m.indices == y_each) & (m.values < 3 * 0.07)).double().mean())
+            for name, m in mode.items() if not name.startswith("null")}
+
+
+def spread(x):       # RMS distance of a class's points to their own centre, averaged over the classes
+    return float(np.mean([(x[y_each == k] - x[y_each == k].mean(0)).norm(dim=1).pow(2).mean().sqrt().item()
+                          for k in range(8)]))
+
+
+package = sample_points(toy, toy_diffusion, x_T_toy, "ddim", 50, y=y_each, guidance=3.0, threshold="static")
+gap = float((package - toy_samples["each class, w = 3"]).abs().max())
+print(f"null class: share of points per Gaussian {[round(v, 2) for v in shares.tolist()]}, "
+      f"{near['null class ∅: unconditional']:.0%} within 3σ of a mean (the data: 98.9 %)")
+for name, v in at_class.items():
+    x = toy_samples[name]
+    print(f"{name}: {v:.1%} land on the Gaussian of their class; spread within a class {spread(x):.3f} "
+          f"(the data: {0.07 * 2 ** 0.5:.3f}), mean distance from the centre {x.norm(dim=1).mean():.2f} (ring: 0.70)")
+print(f"your guided sampler vs the package's (model_output with guidance=3): max |difference| = {gap:.1e}")
+w0, w3 = toy_samples["each class, w = 0"], toy_samples["each class, w = 3"]
+assert shares.min() > 0.07 and all(v > 0.95 for v in at_class.values()), (shares, at_class)
+assert near["null class ∅: unconditional"] < min(at_class.values()) and gap < 1e-4, (near, gap)
+assert spread(w3) < 0.5 * spread(w0) and w3.norm(dim=1).mean() > w0.norm(dim=1).mean(), (spread(w0), spread(w3))
+
+# %% [markdown]
+# One network, one training run, two models. Asked for a class, the model puts its points on that class's
+# Gaussian. Asked for the null class, it draws from all eight, in about equal shares: the unconditional model
+# exists only because your loss sent 10 % of the labels to $\varnothing$. It is also much blurrier, its points
+# filling the disc inside the ring. Its task is the harder one (which of eight Gaussians, and where), and it
+# saw a tenth of the examples; the conditional model only has to place a point within one Gaussian. A small
+# network trained for a few seconds shows that gap plainly.
+#
+# Guidance with $w = 3$ keeps every point on its class and does something else: the points of a class huddle
+# together (the spread within a class drops to a fraction of the data's) and move outwards, away from the other
+# classes, where $p(c \mid x)$ is highest. That is the fidelity-for-diversity trade of section 5, taken far on easy
+# data. Notebook 07 measures it properly.
+
 # %%
 print(f"notebook run time: {time.perf_counter() - NOTEBOOK_START:.0f} s")
 
@@ -443,6 +582,9 @@ print(f"notebook run time: {time.perf_counter() - NOTEBOOK_START:.0f} s")
 # * Measured with a classifier trained on real digits: the conditional samples at $w = 0$ have the class
 #   accuracy asserted above (at least 90 %); guidance raises it further while making the samples of a class
 #   more alike (less diverse) and a little more saturated.
+# * Built by you: the guided $\tilde\varepsilon$, label dropout and the conditional training loss are enough to
+#   train a class-conditional model (2D, a few seconds) that is also an unconditional one, and to sample it with
+#   guidance, matching the package's sampler.
 #
 # ## What comes next
 #

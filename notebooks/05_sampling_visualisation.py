@@ -16,7 +16,10 @@
 #   mixture, stochastic (DDPM) against deterministic (DDIM);
 # * DDPM against DDIM: network evaluations, seconds and class accuracy, measured here (and how many samples an
 #   accuracy needs to mean something);
-# * seeds: what makes a sample reproducible, and what does not.
+# * seeds: what makes a sample reproducible, and what does not;
+# * by building it: you predict when a digit is decided before the notebook measures it, and in the exercises
+#   you write the **ancestral sampling loop** (the notebook runs your loop on the digits model and checks that it
+#   reproduces section 2's samples) and a DDIM step that becomes a 20-step sampler.
 #
 # We use the trained class-conditional digits model that ships with the course (`assets/checkpoints/digits`).
 #
@@ -80,7 +83,7 @@ assert T == 1000 and model.num_classes == 10
 # fresh noise*. That is how `ddpm_lite` implements it (`samplers.ddpm_steps`), which also lets it clip
 # $\hat x_0$ to the data range $[-1, 1]$ (Ho et al.'s code does the same). Without clipping the two forms
 # agree; check on the real model (`p_mean_variance` computes $\hat x_0$ and then the posterior mean; you will
-# write $\hat x_0$ yourself in exercise 1):
+# write the whole sampling loop yourself in exercise 1):
 
 # %%
 gen = torch.Generator().manual_seed(0)
@@ -103,6 +106,19 @@ for t in (999, 500, 20):
 # evaluation: `Step(index, t, x, pred_x0, eps)`, where `x` is the new state (at timestep index `t`; `t = -1`
 # is the finished sample), and `pred_x0`, `eps` are what the network predicted on the way there. We keep all
 # 1000 steps of one DDPM run: one sample of each digit. *(This is the expensive cell of the notebook.)*
+#
+# **Predict, then run.** At every step the network also makes its guess $\hat x_0$ of the finished image. The
+# cells below ask the digits classifier what each guess shows. From which point of the run on will (nearly) all
+# the guesses show the requested digit? (a) early, in the first third ($t > 667$), while $x_t$ still looks like
+# pure noise; (b) in the middle third ($333 < t \le 667$); (c) late, in the last third ($t \le 333$), when $x_t$
+# itself starts to show the digit. Commit to an answer before you run the sampler.
+
+# %%
+prediction = None  # "a", "b" or "c"
+### BEGIN SOLUTION
+prediction = "a"
+### END SOLUTION
+nb05.commit_settle_prediction(prediction)
 
 # %%
 t0 = time.perf_counter()
@@ -161,6 +177,7 @@ print(f"final samples: {100 * acc_ddpm:.0f} % classified as requested; from t = 
       f"at t = {ts[T - 100]}: {dist[T - 100]:.3f}")
 assert acc_ddpm >= 0.8, acc_ddpm
 assert ts[settled] > 300 and dist[T - 100] < 0.25 * dist[0], (ts[settled], dist[T - 100], dist[0])
+nb05.reveal_settle(prediction, ts[settled], T)
 
 # %% [markdown]
 # The class of a sample is decided early, in the noisiest part of the run; after that, the steps refine a
@@ -360,23 +377,67 @@ plt.show()
 #
 # Each exercise has a code cell to complete and a check that prints **✅ Correct** or tells you what is wrong.
 #
-# ### Exercise 1 · The model's guess $\hat x_0$
+# ### Exercise 1 · The sampling loop, run on the digits model
 #
-# Write `pred_x0(x_t, t, eps, alphas_cumprod)`: for a batch `x_t` (shape `[B, 1, 8, 8]`), one timestep index
-# per sample `t` (`torch.long`, shape `[B]`), the predicted noise `eps` and the table $\bar\alpha$ (length $T$),
-# return $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$.
+# In notebook 02 you wrote one reverse step from $\hat\varepsilon$ (eq. 11) and were handed the noise. Now write the
+# whole sampler, in the form the package uses for images (section 1: the posterior mean with the clipped
+# $\hat x_0$), with its own noise draws and its last step. Write `ddpm_sample(denoiser, diffusion, x_T, generator)`:
+# Algorithm 2 as a loop, the way `samplers.ddpm_steps` does it. `denoiser(x, t)` returns the model's $(\hat x_0, \hat\varepsilon)$ for a batch `x` at a
+# timestep tensor `t` (`torch.long`, shape `[B]`, all entries equal), with $\hat x_0$ already clipped. With
+# `s = diffusion.schedule`, for $t = T-1, \dots, 0$ ($T$ = `diffusion.num_timesteps`):
 #
-# *Hint:* reshape `alphas_cumprod[t]` to `[B, 1, 1, 1]` so that it broadcasts over the pixels.
+# $$
+# x \leftarrow \underbrace{c_1(t)\,\hat x_0 + c_2(t)\,x}_{\tilde\mu_t(\hat x_0,\, x_t)} + \sigma_t z, \qquad
+# c_1(t) = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t},\quad c_2(t) = \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t},
+# \quad \sigma_t^2 = \tilde\beta_t ,
+# $$
+#
+# stored as `s.posterior_mean_coef1`, `s.posterior_mean_coef2` and `s.posterior_variance` (indexed by $t$). Add
+# the noise only for $t > 0$, drawn right after the denoiser call as `torch.randn(x.shape, generator=generator,
+# dtype=x.dtype)`: then your loop draws exactly the random numbers the package's sampler draws, and the same
+# seed gives the same samples. Return the final $x$. (Eq. 11 with the denoiser's $\hat\varepsilon$ gives the same
+# steps: the denoiser recomputes $\hat\varepsilon$ from the clipped $\hat x_0$, so the two forms agree.)
+#
+# The check compares your loop with `samplers.ddpm` on a 2D toy with a 100-step schedule, and names the usual
+# slips. Then the next cell runs **your loop on the digits model** from section 2's seed: 1000 network
+# evaluations, and, if your loop is right, the same ten digits as section 2.
 
 # %%
-def pred_x0(x_t, t, eps, alphas_cumprod):
+def ddpm_sample(denoiser, diffusion, x_T, generator=None):
     ### BEGIN SOLUTION
-    ab = alphas_cumprod[t].reshape(-1, 1, 1, 1)
-    return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+    s = diffusion.schedule
+    x = x_T
+    for t in range(diffusion.num_timesteps - 1, -1, -1):
+        x0_hat, _ = denoiser(x, torch.full((x.shape[0],), t))
+        mean = s.posterior_mean_coef1[t] * x0_hat + s.posterior_mean_coef2[t] * x
+        if t > 0:
+            x = mean + s.posterior_variance[t].sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        else:
+            x = mean
+    return x
     ### END SOLUTION
 
 
-nb05.check_pred_x0(pred_x0)
+nb05.check_ddpm_sample(ddpm_sample)
+
+# %%
+gen = torch.Generator().manual_seed(0)                    # section 2's seed: the same x_T ...
+x_T_run = torch.randn((10, 1, 8, 8), generator=gen)
+t0 = time.perf_counter()
+with torch.no_grad():                                     # ... and the same 999 draws of z, from your loop
+    x_mine = ddpm_sample(make_denoiser(model, diffusion, y=labels), diffusion, x_T_run, gen)
+sec_mine = time.perf_counter() - t0
+gap = float((x_mine - x_final).abs().max())
+acc_mine = metrics.sample_accuracy(x_mine, labels, classifier)
+
+fig, axes = plt.subplots(2, 1, figsize=(8, 2.6))
+plots.show_images(x_mine, nrow=10, ax=axes[0], title=f"your ddpm_sample: {T} steps in {sec_mine:.1f} s, "
+                                                     f"{100 * acc_mine:.0f} % classified as requested")
+plots.show_images(x_final, nrow=10, ax=axes[1], title="section 2 (samplers.ddpm_steps), same seed")
+fig.tight_layout()
+plt.show()
+print(f"your loop vs section 2's run: max |difference| = {gap:.1e}")
+assert gap < 1e-3, gap
 
 
 # %% [markdown]
@@ -437,6 +498,8 @@ print(f"notebook run time: {time.perf_counter() - NOTEBOOK_START:.0f} s")
 #   (measured above).
 # * Samples are a function of the seed: the same `torch.Generator` seed gives identical samples, different
 #   seeds different ones; deterministic DDIM depends on $x_T$ only.
+# * Built by you: the ancestral loop, which reproduces section 2's digits from the same seed, and a DDIM step
+#   that samples as well as `samplers.ddim` in 20 steps.
 #
 # ## What comes next
 #

@@ -23,7 +23,10 @@
 #   evaluations (NFE) for DDPM-style, DDIM and DPM-Solver++ sampling;
 # * with an exact denoiser on 2D toy data, how a sampler's error splits into discretisation error and model
 #   error, and where adding steps stops paying;
-# * a widget to try any sampler and step count on the same noise.
+# * a widget to try any sampler and step count on the same noise;
+# * by building it: you write σ(η), the DDIM step and the trailing spacing, then put them together into a
+#   **DDIM sampler of your own** that the notebook runs on the digits model beside the package's; and you predict
+#   what more steps buy with a learned network before §7 measures it.
 #
 # We use the trained class-conditional digits model that ships with the course (`assets/checkpoints/digits`)
 # and the digits classifier of `ddpm_lite.metrics` to measure sample quality.
@@ -301,6 +304,61 @@ def my_trailing(T, steps):
 
 nb06.check_trailing_timesteps(my_trailing)
 
+
+# %% [markdown]
+# ### Exercise 4 · a DDIM sampler of your own
+#
+# Put the three pieces together. Write `my_ddim(denoiser, diffusion, x_T, steps, eta, generator)`, a whole DDIM
+# sampler: visit the timesteps `my_trailing(T, steps)` and then finish with one more step to $t_\text{prev} = -1$,
+# the data, where $\bar\alpha_\text{prev} = 1$. At each step from $t$ to $t_\text{prev}$, ask the denoiser for
+# $(\hat x_0, \hat\varepsilon)$ = `denoiser(x, t)` (`t` a `torch.long` tensor of shape `[B]`), compute σ with
+# `my_ddim_sigma` for that jump, and move with `my_ddim_step`. Take $\bar\alpha$ from
+# `diffusion.schedule.alphas_cumprod` (as floats) and $T$ from `diffusion.num_timesteps`. Where σ > 0 draw the
+# noise as `torch.randn(x.shape, generator=generator, dtype=x.dtype)` after the denoiser call (elsewhere any `z`
+# will do, e.g. zeros): then your sampler draws the random numbers the package's does, and a seed gives the same
+# samples.
+#
+# The check compares your sampler with `samplers.ddim` on a 2D toy for η = 0, 0.5 and 1. The next cell runs it on
+# the digits model beside the package's sampler.
+
+# %%
+def my_ddim(denoiser, diffusion, x_T, steps, eta=0.0, generator=None):
+    ### BEGIN SOLUTION
+    ab = diffusion.schedule.alphas_cumprod
+    seq = my_trailing(diffusion.num_timesteps, steps)
+    x = x_T
+    for t, t_prev in zip(seq, seq[1:] + [-1]):
+        x0_hat, eps_hat = denoiser(x, torch.full((x.shape[0],), t))
+        a_t = float(ab[t])
+        a_prev = float(ab[t_prev]) if t_prev >= 0 else 1.0
+        sigma = my_ddim_sigma(a_t, a_prev, eta)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype) if sigma > 0 else torch.zeros_like(x)
+        x = my_ddim_step(x0_hat, eps_hat, a_prev, sigma, z)
+    return x
+    ### END SOLUTION
+
+
+nb06.check_ddim_sampler(my_ddim)
+
+# %%
+# your sampler on the digits model, beside the package's: ten noises x_T (labels 0–9), 10 steps, the same seed
+den_digits = samplers.make_denoiser(model, diffusion, y=labels[:10])
+yours = {}
+for eta in (0.0, 1.0):
+    with torch.no_grad():
+        mine = my_ddim(den_digits, diffusion, x_T[:10], 10, eta, torch.Generator().manual_seed(1))
+    package = samplers.ddim(den_digits, diffusion, x_T[:10], steps=10, eta=eta,
+                            generator=torch.Generator().manual_seed(1))
+    yours[eta] = (mine, package)
+    print(f"η = {eta}: your my_ddim vs samplers.ddim, 10 steps: max |difference| = "
+          f"{float((mine - package).abs().max()):.1e}")
+    assert float((mine - package).abs().max()) < 1e-4
+ax = plots.show_class_grid(torch.cat([yours[0.0][0], yours[0.0][1], yours[1.0][0], yours[1.0][1]]), n_rows=4,
+                           row_labels=["my_ddim, η = 0", "samplers.ddim, η = 0", "my_ddim, η = 1",
+                                       "samplers.ddim, η = 1"],
+                           title="10 steps from the same x_T and seed", size_per_image=0.6)
+plt.show()
+
 # %% [markdown]
 # ## 4 · The ODE view and DPM-Solver++(2M)
 #
@@ -563,6 +621,19 @@ assert min(dist[k] for k in samples if k[0] == "DDIM η=1") > 5 * dist[("DDIM", 
 #
 # As for digits, $\hat x_0$ is clipped to $[-1, 1]$ at every step (`threshold="static"`; the ring lies well
 # inside the square). The end of this section shows why that matters for the learned model.
+#
+# **Predict, then run.** With the *exact* denoiser, more DDIM steps bring the samples ever closer to the data,
+# down to the floor. With the *learned* network, what will going from 20 to 50 DDIM steps do to the samples'
+# distance to the data? (a) it keeps falling, down to about where the exact denoiser gets with 50 steps; (b) it
+# barely falls: it levels off at an error set by the network, well above the exact denoiser's; (c) it rises:
+# more steps pile up more of the network's errors. Commit to an answer before running the cells below.
+
+# %%
+prediction = None  # "a", "b" or "c"
+### BEGIN SOLUTION
+prediction = "b"
+### END SOLUTION
+nb06.commit_plateau_prediction(prediction)
 
 # %%
 ORACLE_STEPS = (2, 3, 5, 10, 20, 50)     # step counts (= NFE) of DDIM and DPM-Solver++ on the 2D toy
@@ -636,6 +707,8 @@ for key in names:
     assert by[(key, 2)]["discretisation"] > 5 * by[(key, max(ORACLE_STEPS))]["discretisation"]
 # the second-order solver gets its discretisation error under the model error in fewer steps
 assert crossover("dpmpp2m") < crossover("ddim")
+nb06.reveal_plateau(prediction, by[("ddim", 20)]["total"], by[("ddim", 50)]["total"],
+                    by[("ddim", 50)]["discretisation"])
 
 # %% [markdown]
 # Read each panel from the left:
@@ -719,6 +792,8 @@ assert explorer.run("dpmpp2m", 5)["nfe"] == 5 and explorer.sample_calls == 2
 #   (exact denoiser, $S$ steps) and **model error** (learned denoiser, many steps). With few steps the
 #   sampler dominates; past the crossover (on the toy: about 20 NFE for DDIM, 5 for DPM-Solver++) only a
 #   better network helps.
+# * Built by you: σ(η), the DDIM step and the trailing spacing make a whole DDIM sampler that reproduces
+#   `samplers.ddim` on the digits model, deterministic (η = 0) and stochastic (η = 1).
 #
 # ## What comes next
 #

@@ -4,47 +4,100 @@ import pytest
 import torch
 
 from ddpm_lite.diffusion import GaussianDiffusion
-from ddpm_lite.exercises import ExerciseError, nb05
+from ddpm_lite.exercises import ExerciseError, NotAnsweredError, nb05
 from ddpm_lite.samplers import ddim_steps
 
-
-# -- exercise 1: x̂_0 from ε̂ -------------------------------------------------------------------------------------
-
-def solution_pred_x0(x_t, t, eps, alphas_cumprod):
-    ab = alphas_cumprod[t].reshape(-1, 1, 1, 1)
-    return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+# tiny tensors: one thread is fastest, and the machine's cores are shared
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_pred_x0_accepts_solution(capsys):
-    nb05.check_pred_x0(solution_pred_x0)
-    nb05.check_pred_x0(solution_pred_x0, schedule="cosine", T=100)
+# -- exercise 1: the ancestral sampling loop ------------------------------------------------------------------------
+
+def ddpm_sample(denoiser, diffusion, x_T, generator=None):
+    s = diffusion.schedule
+    x = x_T
+    for t in range(diffusion.num_timesteps - 1, -1, -1):
+        x0_hat, _ = denoiser(x, torch.full((x.shape[0],), t))
+        mean = s.posterior_mean_coef1[t] * x0_hat + s.posterior_mean_coef2[t] * x
+        if t > 0:
+            x = mean + s.posterior_variance[t].sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        else:
+            x = mean
+    return x
+
+
+def eq11_sample(denoiser, diffusion, x_T, generator=None):
+    """The same loop written with eq. 11 (ε̂ instead of x̂_0): also right."""
+    s = diffusion.schedule
+    x = x_T
+    for t in reversed(range(diffusion.num_timesteps)):
+        _, eps = denoiser(x, torch.full((x.shape[0],), t))
+        x = (x - s.betas[t] / (1 - s.alphas_cumprod[t]).sqrt() * eps) / s.alphas[t].sqrt()
+        if t > 0:
+            x = x + s.posterior_variance[t].sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return x
+
+
+def test_ddpm_sample_accepts_solutions(capsys):
+    nb05.check_ddpm_sample(ddpm_sample)
+    nb05.check_ddpm_sample(eq11_sample)
     assert capsys.readouterr().out.count("✅ Correct") == 2
 
 
-def _w(fn):
-    def f(x_t, t, eps, ab):
-        return fn(ab[t].reshape(-1, 1, 1, 1), x_t, eps)
-    return f
+def _variant(kind):
+    return lambda d, diff, x_T, g=None: nb05._ddpm_variant(d, diff, x_T, g, kind)
+
+
+def _loop(ts_fn, noise_fn=None, start=None):
+    """The right update on a wrong set of timesteps, or with another start / noise source."""
+    def fn(denoiser, diffusion, x_T, generator=None):
+        s = diffusion.schedule
+        x = x_T if start is None else start(x_T)
+        for t in ts_fn(diffusion.num_timesteps):
+            x0_hat, _ = denoiser(x, torch.full((x.shape[0],), t))
+            x = s.posterior_mean_coef1[t] * x0_hat + s.posterior_mean_coef2[t] * x
+            if t > 0:
+                z = noise_fn(x) if noise_fn else torch.randn(x.shape, generator=generator, dtype=x.dtype)
+                x = x + s.posterior_variance[t].sqrt() * z
+        return x
+    return fn
 
 
 @pytest.mark.parametrize(
     "wrong, match",
     [
-        (_w(lambda a, x, e: (x - (1 - a) * e) / a), "no square roots"),
-        (_w(lambda a, x, e: (x - (1 - a).sqrt() * e) / a), "not by ᾱ_t"),
-        (_w(lambda a, x, e: (x - (1 - a) * e) / a.sqrt()), "noise weight"),
-        (_w(lambda a, x, e: (x + (1 - a).sqrt() * e) / a.sqrt()), "sign"),
-        (_w(lambda a, x, e: x - (1 - a).sqrt() * e), "rescale"),
-        (_w(lambda a, x, e: a.sqrt() * x - (1 - a).sqrt() * e), "multiply by 1/√ᾱ_t"),
-        (lambda x, t, e, ab: solution_pred_x0(x, t, e, ab)[0], "shape"),
-        (lambda x, t, e, ab: solution_pred_x0(x, t, e, ab) * 1.05, "not right yet"),
-        (lambda x, t, e, ab: (x - (1 - ab[t]).sqrt() * e) / ab[t].sqrt(), "raised"),
-        ("not a function", "function"),
+        (_variant("no_noise"), "never add the fresh noise"),
+        (_variant("variance"), "standard deviation"),
+        (_variant("beta"), "not β_t"),
+        (_variant("noise_at_0"), "no noise on the last step"),
+        (_variant("jump"), "jumped to the guess"),
+        (_variant("swapped"), "coefficients are swapped"),
+        (_variant("off_by_one"), "off by one"),
+        (_variant("one_z"), "drew z once"),
+        (_loop(lambda T: range(999, -1, -1)), "not a fixed 1000"),
+        (_loop(lambda T: range(T - 1, 0, -1)), "one step early"),
+        (_loop(lambda T: range(T)), "runs forwards"),
+        (_loop(lambda T: range(T - 1, -1, -2)), "once per timestep"),
+        (_loop(lambda T: range(T - 1, -1, -1), noise_fn=lambda x: torch.randn(x.shape, dtype=x.dtype)),
+         "same generator seed differ"),
+        (_loop(lambda T: range(T - 1, -1, -1), start=lambda x: torch.randn_like(x)), "given x_T"),
+        (lambda d, diff, x_T, g=None: d(x_T, 99), "long tensor of shape"),
+        (lambda d, diff, x_T, g=None: ddpm_sample(d, diff, x_T, g)[:, :1], "shape"),
+        (lambda d, diff, x_T, g=None: ddpm_sample(d, diff, x_T, g) * float("nan"), "NaN"),
+        (lambda d, diff, x_T, g=None: ddpm_sample(d, diff, x_T, g) + 0.01, "differ from samplers.ddpm"),
     ],
 )
-def test_pred_x0_rejects_mistakes(wrong, match):
+def test_ddpm_sample_rejects_mistakes(wrong, match):
     with pytest.raises(ExerciseError, match=match):
-        nb05.check_pred_x0(wrong)
+        nb05.check_ddpm_sample(wrong)
+
+
+def test_ddpm_sample_not_answered():
+    def todo(denoiser, diffusion, x_T, generator=None):
+        raise NotImplementedError()
+
+    with pytest.raises(NotAnsweredError):
+        nb05.check_ddpm_sample(todo)
 
 
 # -- exercise 2: one DDIM step ---------------------------------------------------------------------------------------
@@ -105,3 +158,25 @@ def _step(fn):
 def test_ddim_step_rejects_mistakes(wrong, match):
     with pytest.raises(ExerciseError, match=match):
         nb05.check_ddim_step(wrong)
+
+
+# -- predict, then run: when is the digit decided? ---------------------------------------------------------------
+
+def test_settle_prediction(capsys):
+    assert nb05.commit_settle_prediction("A") == "a"
+    with pytest.raises(ExerciseError, match="commit to an answer first"):
+        nb05.commit_settle_prediction(None)
+    with pytest.raises(ExerciseError, match="not one of the choices"):
+        nb05.commit_settle_prediction("early")
+    # the truth is the third of the run the measured t falls in
+    assert [nb05.settle_truth(t) for t in (999, 668, 667, 334, 333, 10)] == ["a", "a", "b", "b", "c", "c"]
+    assert nb05.settle_truth(80, T=100) == "a"
+    capsys.readouterr()
+    assert nb05.reveal_settle("a", 823) is True
+    out = capsys.readouterr().out
+    assert "Right" in out and "t = 823" in out and "Why:" in out
+    assert nb05.reveal_settle("c", 823) is False
+    out = capsys.readouterr().out
+    assert "Not what happened" in out and "commits long before" in out
+    assert nb05.reveal_settle("b", 823) is False
+    assert nb05.reveal_settle("c", 200) is True

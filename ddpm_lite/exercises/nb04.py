@@ -5,8 +5,21 @@ Exercises:
        compared with what `GaussianDiffusion.model_output` does inside every sampler.
     2. `check_drop_labels(drop_labels)`: label dropout, replacing each label by the null class (index
        `num_classes`) with probability p, as the trainer does to teach one network both ε_θ(x, c) and ε_θ(x, ∅).
+    3. `check_cfg_loss(cfg_loss)`: the conditional training loss with label dropout,
+       cfg_loss(model, diffusion, x0, y, p_uncond, generator) -> a scalar: drop labels to the null class with
+       probability p_uncond, then the batch mean of `diffusion.training_losses(...)["loss"]` with the dropped
+       labels. Checked through a recording model (what labels, timesteps and noisy inputs it was given) against
+       `GaussianDiffusion.training_losses` on exactly those inputs; notebook 04 then trains a class-conditional
+       2D model with the learner's function and samples it with the learner's `guided_eps`.
+    Predict, then run: `LABEL_EFFECT_CHOICES`, `commit_label_effect_prediction(p)` before the measurement of how
+       much the label changes the model's guess x̂_0 at each t, `reveal_label_effect(p, ts, effect)` after it.
 
-Every reference is computed by the package at check time, never typed in.
+Every reference is computed by the package at check time, never typed in. The planted mistakes each check names:
+the guidance-scale form, swapped branches; the null class as 0, −1 or the last digit, the mask inverted, the input
+modified in place, float labels, the generator ignored; for the loss, no dropout, a fixed p, the whole batch
+dropped at once, the clean images or one timestep for the whole batch given to the model, the sum instead of the
+mean, the unweighted ε-MSE instead of the diffusion's (min-SNR-weighted) loss, a float or a per-example vector
+returned, the loss computed without gradient.
 """
 
 from __future__ import annotations
@@ -16,9 +29,10 @@ import math
 import torch
 import torch.nn as nn
 
-from . import ExerciseError, as_tensor, call_answer, passed
+from . import ExerciseError, as_tensor, call_answer, commit_choice, passed, reveal_choice
 
-__all__ = ["check_guided_eps", "check_drop_labels", "TinyConditionalNet"]
+__all__ = ["check_guided_eps", "check_drop_labels", "check_cfg_loss", "TinyConditionalNet", "LABEL_EFFECT_CHOICES",
+           "commit_label_effect_prediction", "label_effect_truth", "reveal_label_effect"]
 
 
 class TinyConditionalNet(nn.Module):
@@ -148,3 +162,201 @@ def check_drop_labels(drop_labels) -> None:
         raise ExerciseError("draw the dropout mask from the `generator` argument (e.g. torch.rand(..., "
                             "generator=generator)) so that runs are reproducible.")
     passed(f"each label becomes the null class {num_classes} with probability p; the rest are untouched.")
+
+
+# -- exercise 3: the conditional training loss with label dropout ---------------------------------------------------
+
+class _RecordingNet(nn.Module):
+    """Wraps a conditional network and records every call (x_t, t, y); one learnable gain (1.0) so that the
+    loss has a gradient, as a real network's would."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.num_classes = inner.num_classes
+        self.config = dict(inner.config)
+        self.gain = nn.Parameter(torch.ones((), dtype=torch.float64))
+        self.calls = []
+
+    def forward(self, x, t, y=None):
+        self.calls.append((x.detach().clone(), t.detach().clone() if torch.is_tensor(t) else t,
+                           None if y is None else torch.as_tensor(y).detach().clone()))
+        return self.inner(x, t, y) * self.gain
+
+
+def _loss_setup(n: int = 600, seed: int = 0):
+    from ..diffusion import GaussianDiffusion
+
+    diffusion = GaussianDiffusion("linear", timesteps=1000, min_snr_gamma=5.0)   # weighted, as the Trainer's
+    inner = TinyConditionalNet(seed=3).double()
+    g = torch.Generator().manual_seed(100 + seed)
+    x0 = torch.rand(n, 8, generator=g, dtype=torch.float64) * 2 - 1
+    y = torch.arange(n) % inner.num_classes
+    return diffusion, inner, x0, y
+
+
+def _run_loss(cfg_loss, p: float, seed: int, n: int = 600):
+    """Call the learner's loss on a fresh recording network; returns what it returned, the recorder, inputs."""
+    diffusion, inner, x0, y = _loss_setup(n, seed)
+    net = _RecordingNet(inner)
+    y_in = y.clone()
+    got = call_answer(cfg_loss, "cfg_loss", net, diffusion, x0.clone(), y_in, p, torch.Generator().manual_seed(seed))
+    if not torch.equal(y_in, y):
+        raise ExerciseError("cfg_loss changed the labels `y` in place: build a new tensor for the dropped labels "
+                            "(e.g. with torch.where), so the dataset's labels stay intact.")
+    return got, net, diffusion, inner, x0, y
+
+
+def _as_loss(got, n: int) -> torch.Tensor:
+    if isinstance(got, dict):
+        raise ExerciseError("cfg_loss returned the dict of `diffusion.training_losses`: return the scalar loss, "
+                            "its [\"loss\"] entry averaged over the batch (…[\"loss\"].mean()).")
+    if not torch.is_tensor(got):
+        if isinstance(got, (float, int)):
+            raise ExerciseError("cfg_loss returned a Python number: return the loss tensor itself (no .item()), "
+                                "so that the training loop can call loss.backward() on it.")
+        raise ExerciseError(f"cfg_loss should return a scalar tensor, got {type(got).__name__}")
+    if got.numel() == n:
+        raise ExerciseError(f"cfg_loss returned one loss per example (shape {list(got.shape)}): average them over "
+                            f"the batch (.mean()) to get the scalar the optimiser minimises.")
+    if got.numel() != 1:
+        raise ExerciseError(f"cfg_loss should return a scalar tensor, got shape {list(got.shape)}")
+    if not got.requires_grad:
+        raise ExerciseError("the loss has no gradient: do not compute it under torch.no_grad() or .detach() it; "
+                            "the training loop calls loss.backward() on what you return.")
+    return got.detach().double().reshape(())
+
+
+def _check_call(net, diffusion, x0, y, p: float) -> tuple:
+    """The single forward pass: noisy inputs, one t per example, labels kept or set to the null class."""
+    K = net.num_classes
+    if not net.calls:
+        raise ExerciseError("the model was never called: the loss compares its prediction for the noisy batch "
+                            "with the noise (diffusion.training_losses(model, x0, y=..., generator=...) does both).")
+    if len(net.calls) > 1:
+        raise ExerciseError(f"the model was called {len(net.calls)} times: training needs one forward pass, with "
+                            f"the labels after dropout (guidance's two branches are for sampling, not training).")
+    x_t, t, y_seen = net.calls[0]
+    if y_seen is None:
+        raise ExerciseError("the model was called without labels: pass the labels after dropout (y=...).")
+    if not torch.is_tensor(t) or t.shape != (len(x0),):
+        raise ExerciseError("the model should get one timestep per example (a long tensor of shape [B]).")
+    if torch.allclose(x_t, x0):
+        raise ExerciseError("the model was given the clean images x0: it learns to denoise x_t = q_sample(x0, t, "
+                            "noise), which diffusion.training_losses forms for you.")
+    if int(t.unique().numel()) == 1:
+        raise ExerciseError(f"every example got the same timestep t = {int(t[0])}: draw one t per example "
+                            f"(diffusion.training_losses does, if you do not pass t).")
+    changed = y_seen != y
+    if changed.any():
+        vals = torch.unique(y_seen[changed]).tolist()
+        if vals != [K]:
+            hint = (f" {K - 1} is the last real class; the null class is the extra index num_classes = {K}."
+                    if K - 1 in vals else f" The null class is the extra embedding row num_classes = {K}, "
+                                          f"model.num_classes.")
+            raise ExerciseError(f"dropped labels must become the null class {K}, the model got values {vals}." + hint)
+    return x_t, t, y_seen
+
+
+def check_cfg_loss(cfg_loss) -> None:
+    """`cfg_loss(model, diffusion, x0, y, p_uncond, generator)` must return the batch mean of
+    `diffusion.training_losses(model, x0, y=ỹ, …)["loss"]`, ỹ being y with each label replaced by the null class
+    `model.num_classes` with probability p_uncond, all random numbers from `generator`."""
+    p, n, runs = 0.3, 600, 5
+    fractions, losses = [], []
+    for seed in range(runs):
+        got, net, diffusion, inner, x0, y = _run_loss(cfg_loss, p, seed, n)
+        loss = _as_loss(got, n)
+        x_t, t, y_seen = _check_call(net, diffusion, x0, y, p)
+        fractions.append(float((y_seen == net.num_classes).double().mean()))
+        # the noise the learner's code used, read back from x_t = √ᾱ x0 + √(1 − ᾱ) ε
+        a = diffusion.schedule.alphas_cumprod.double()[t].reshape(-1, 1)
+        noise = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        with torch.no_grad():
+            per = diffusion.training_losses(inner, x0, t=t, noise=noise, y=y_seen)["loss"]
+            raw = ((inner(x_t, t, y_seen) - noise) ** 2).mean(1)
+        ref = per.mean()
+        losses.append(loss)
+        if torch.isclose(loss, ref, rtol=1e-6, atol=1e-10):
+            continue
+        if torch.isclose(loss, per.sum(), rtol=1e-6):
+            raise ExerciseError("that is the sum of the per-example losses: take the mean over the batch, so the "
+                                "step size does not depend on the batch size.")
+        if torch.isclose(loss, raw.mean(), rtol=1e-6):
+            raise ExerciseError("that is the unweighted ε-MSE. This diffusion (like the Trainer's) weights each "
+                                "example by min-SNR-γ: use diffusion.training_losses(model, x0, y=..., "
+                                "generator=...)[\"loss\"].mean(), which applies the weights.")
+        raise ExerciseError(f"the loss is {loss.item():.6g}, but the model's prediction for the inputs it was given "
+                            f"gives {ref.item():.6g} with diffusion.training_losses.")
+    total = sum(fractions) / runs
+    sd = math.sqrt(p * (1 - p) / (n * runs))
+    if all(f in (0.0, 1.0) for f in fractions) and any(f == 1.0 for f in fractions):
+        raise ExerciseError("you dropped the labels of the whole batch at once (all or none): draw the dropout "
+                            "independently for every example, torch.rand(B, generator=generator) < p_uncond.")
+    if total == 0.0:
+        raise ExerciseError("no label was ever replaced by the null class: apply label dropout (your drop_labels "
+                            "from exercise 2) before computing the loss, or ε_θ(x, ∅) is never trained.")
+    if abs(total - p) > 5 * sd:
+        if abs(total - (1 - p)) < 5 * sd:
+            raise ExerciseError(f"with p_uncond = {p} you dropped {total:.0%} of the labels, about 1 − p: the "
+                                f"comparison is the wrong way round (drop where rand < p_uncond).")
+        if abs(total - 0.1) < 5 * math.sqrt(0.09 / (n * runs)):
+            raise ExerciseError(f"with p_uncond = {p} you dropped {total:.0%} of the labels: use the argument "
+                                f"p_uncond, not a fixed 0.1.")
+        raise ExerciseError(f"with p_uncond = {p} you dropped {total:.1%} of the labels, expected about {p:.0%}.")
+    # reproducible: the same generator seed gives the same loss, another seed another loss
+    again = _as_loss(_run_loss(cfg_loss, p, 0, n)[0], n)
+    if not torch.isclose(again, losses[0], rtol=1e-9, atol=1e-12) or torch.isclose(losses[0], losses[1]):
+        raise ExerciseError("draw all the randomness (the dropout mask, t and the noise) from `generator`, so a "
+                            "training run is reproducible: pass generator=generator to torch.rand and to "
+                            "diffusion.training_losses.")
+    passed(f"labels dropped to the null class with probability p_uncond (measured {total:.1%} for p = {p}), one "
+           f"forward pass on the noisy batch, the batch mean of the diffusion's (min-SNR-weighted) loss. The "
+           f"next cell trains a model with your function.")
+
+
+# -- predict, then run: where does the label matter? -----------------------------------------------------------------
+
+LABEL_EFFECT_CHOICES = {
+    "a": "at small t (t ≤ 250): there is little noise, so the details of the digit depend on the label",
+    "b": "in the middle (250 < t < 750)",
+    "c": "at large t (t ≥ 750): the image is nearly pure noise",
+}
+
+_LABEL_EFFECT_MISTAKES = {
+    "a": "At small t the noisy image already shows which digit it is, so both predictions agree whatever the "
+         "label says: the label has nothing left to add.",
+    "b": "In the middle the image is half visible: the label still helps, but less than where nothing of the "
+         "image survives.",
+    "c": "",
+}
+
+
+def commit_label_effect_prediction(prediction) -> str:
+    """Before the measurement: at which noise level does the label change the model's guess x̂_0 the most?"""
+    return commit_choice(prediction, LABEL_EFFECT_CHOICES)
+
+
+def label_effect_truth(ts, effect) -> str:
+    """The choice that the timestep of the largest measured effect falls in."""
+    ts, effect = list(ts), [float(e) for e in effect]
+    if len(ts) != len(effect) or not ts:
+        raise ValueError("ts and effect must have the same, non-zero length")
+    t_max = ts[max(range(len(effect)), key=effect.__getitem__)]
+    return "a" if t_max <= 250 else "b" if t_max < 750 else "c"
+
+
+def reveal_label_effect(prediction, ts, effect) -> bool:
+    """After the measurement: the largest measured change decides; the reasoning is printed either way."""
+    ts, effect = list(ts), [float(e) for e in effect]
+    truth = label_effect_truth(ts, effect)
+    key = commit_choice(prediction, LABEL_EFFECT_CHOICES, echo=False)
+    k = max(range(len(effect)), key=effect.__getitem__)
+    why = ("x̂_0 is the model's estimate of E[x_0 | x_t, c]. The more noise, the less x_t says about the digit, and "
+           "the more of that estimate has to come from the label. Near t = T the image carries almost nothing, "
+           "and the label is the only information about what to draw.")
+    if key != truth and truth == "c" and _LABEL_EFFECT_MISTAKES.get(key):
+        why += " " + _LABEL_EFFECT_MISTAKES[key]
+    return reveal_choice(key, truth, LABEL_EFFECT_CHOICES, why,
+                         measured=f"measured: largest change {effect[k]:.2f} per pixel at t = {ts[k]}, "
+                                  f"{effect[0]:.3f} at t = {ts[0]}")
