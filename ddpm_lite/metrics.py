@@ -13,7 +13,7 @@ What is here, and what each number means:
                                         generator would get at that sample size (FD is biased upwards for finite n)
     precision_recall                    k-NN manifold precision and recall (Kynkäänniemi et al. 2019)
     evaluate_samples                    accuracy, FD, its real-data floor, precision, recall, in one dict
-    within_class_spread, saturated_fraction   diversity within classes and clipping saturation (notebook 07)
+    within_class_spread, saturated_fraction   diversity within classes and clipping saturation (notebook 08)
     nearest_neighbours                  each sample's nearest training image in pixel space: does a model copy?
     sliced_wasserstein                  a distance between two point clouds (2D toys; no classifier involved), used
                                         by `ddpm_lite.oracle` to compare samples with an exactly known target
@@ -351,7 +351,7 @@ def evaluate_samples(images, labels=None, real_images=None, classifier=None, k: 
     }
 
 
-# -- within-class spread (notebook 07) ------------------------------
+# -- within-class spread (notebook 08) ------------------------------
 
 
 def within_class_spread(features, labels) -> float:
@@ -376,7 +376,7 @@ def within_class_spread(features, labels) -> float:
 __all__ += ["within_class_spread"]
 
 
-# -- memorisation: is a sample a copy of a training image? (notebook 06) ---------------------------------------
+# -- memorisation: is a sample a copy of a training image? (notebook 07) ---------------------------------------
 
 class Neighbours(NamedTuple):
     distances: torch.Tensor  # [N] Euclidean distance to the nearest reference, in pixel units of [-1, 1]
@@ -416,7 +416,7 @@ SATURATION_TOL = 1e-3
 def saturated(values, tol: float = SATURATION_TOL) -> torch.Tensor:
     """Which values are saturated, i.e. at the edge of the data range: |x| ≥ 1 − tol (a bool tensor).
 
-    The course's one definition of a saturated pixel (widgets, plots, notebook 07 and its exercise check).
+    The course's one definition of a saturated pixel (widgets, plots, notebook 08 and its exercise check).
     tol = 1e-3 is an eighth of one 8-bit grey level (2/255 ≈ 0.008 in [−1, 1]): it counts the values that
     clipping pinned to ±1, give or take float round-off, and not pixels that are merely very bright or dark.
     """
@@ -426,7 +426,7 @@ def saturated(values, tol: float = SATURATION_TOL) -> torch.Tensor:
 def saturated_fraction(images, tol: float = SATURATION_TOL) -> torch.Tensor:
     """Per image, the fraction of `saturated` values, |x| ≥ 1 − tol ([B], float).
 
-    Measures the saturation that static clipping of x̂_0 causes at large guidance weights (notebook 07).
+    Measures the saturation that static clipping of x̂_0 causes at large guidance weights (notebook 08).
     Images are ``B×…`` in [−1, 1].
     """
     x = torch.as_tensor(images)

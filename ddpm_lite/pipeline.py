@@ -181,7 +181,7 @@ class TextToImage:
         (clip x̂_0 to [-1, 1]), "dynamic" (Imagen's percentile thresholding), None; "auto" = None in latent
         space (latents are unbounded), else "static". `percentile` 0.995 is Imagen's, for 64×64×3 = 12,288
         values per image; on a 14×14 base (196 values) it is set by the one brightest pixel, so use about 0.95
-        there (notebook 10 shows both). With `return_stages` also returns the base stage's
+        there (notebook 11 shows both). With `return_stages` also returns the base stage's
         output (latent or low-resolution image) as {"base": ..., "images": ...}.
         """
         if isinstance(prompts, str):

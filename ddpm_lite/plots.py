@@ -457,9 +457,9 @@ def plot_trajectories(trajectory, ax=None, n: int = 64, lim: float | None = 2.5,
     return ax
 
 
-# --- notebooks 04 and 07 ---
+# --- notebooks 05 and 08 ---
 # Class-conditional sample grids, the class-embedding bias, the guidance fidelity/diversity curve and x̂_0
-# value histograms (notebook 04: class conditioning, notebook 07: guidance)
+# value histograms (notebook 05: class conditioning, notebook 08: guidance)
 
 
 def show_class_grid(images, n_rows: int, ax=None, row_labels: Sequence | None = None, title: str | None = None,
@@ -586,8 +586,8 @@ def plot_value_histograms(values: Mapping, ax=None, bins: int = 80, range: tuple
 __all__ += ["show_class_grid", "plot_class_bias", "plot_guidance_tradeoff", "plot_value_histograms"]
 
 
-# --- notebook 06 ---
-# Timestep spacings of few-step samplers and the quality / seconds vs network-evaluations comparison (notebook 06:
+# --- notebook 07 ---
+# Timestep spacings of few-step samplers and the quality / seconds vs network-evaluations comparison (notebook 07:
 # fast sampling)
 
 
@@ -675,7 +675,7 @@ __all__ += ["plot_timestep_spacings", "plot_sampler_benchmark", "SAMPLER_STYLES"
 
 
 # ==============================================================================================================
-# latent diffusion (notebook 08)
+# latent diffusion (notebook 09)
 # ==============================================================================================================
 
 
@@ -736,7 +736,7 @@ __all__ += ["plot_latent_channels", "plot_signal_fraction"]
 
 
 # ==============================================================================================================
-# --- notebook 09 ---
+# --- notebook 10 ---
 # CLIP: images with their captions, the image/caption similarity matrix, a measured attribute's histogram with
 # its thresholds, and the scores a CLIP gives each candidate caption of an image
 # ==============================================================================================================

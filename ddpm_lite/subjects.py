@@ -105,7 +105,7 @@ class Novelty(NamedTuple):
 
 
 def novelty(subject: torch.Tensor, train_images: torch.Tensor, held_out: torch.Tensor, classifier=None) -> Novelty:
-    """Is the subject absent from the training data? The memorisation test of notebook 06 turned around:
+    """Is the subject absent from the training data? The memorisation test of notebook 07 turned around:
     each subject image's nearest-neighbour distance to the training set, in pixels and in classifier
     features, ranked among the same distances of held-out real digits (a percentile of 0.99 means: farther
     from the training data than 99% of new real digits are)."""

@@ -2,7 +2,7 @@
 
 Stable Diffusion conditions its U-Net on the per-token states of CLIP's text encoder (a frozen, pretrained
 model); Imagen (Saharia et al. 2022) showed that a frozen text encoder works, and that making *it* bigger
-helps more than making the U-Net bigger. Here the encoder is the text tower of notebook 09's CLIP
+helps more than making the U-Net bigger. Here the encoder is the text tower of notebook 10's CLIP
 (`ddpm_lite.clip.CLIP`): its tokenizer and causal transformer, whose final LayerNorm'd states
 [B, L, width] the U-Net cross-attends to (before CLIP's projection into the joint space, as Stable
 Diffusion uses CLIP's last hidden states). `CLIPTextEncoder.from_clip(clip)` copies them out, so a text-to-

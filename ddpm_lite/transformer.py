@@ -17,7 +17,7 @@ untrained block is the identity, as the U-Net's other blocks.
 
 Set ``module.store_attention = True`` on a `CrossAttention` to keep its last attention weights
 [B, heads, H·W, L] in ``module.attention``; `record_cross_attention(model)` does it for every cross-attention
-of a U-Net while a block runs and returns the maps per layer (notebook 10 draws which word each position
+of a U-Net while a block runs and returns the maps per layer (notebook 11 draws which word each position
 looks at).
 """
 

@@ -29,7 +29,7 @@ PixelCNN++ / Wide-ResNet style U-Net, Ronneberger et al. 2015):
 
 With ``unet_preset("cifar10")`` (no classes) the network has the paper's ≈35.7M parameters.
 
-Text and image conditioning (notebook 10), each off by default:
+Text and image conditioning (notebook 11), each off by default:
 
 * ``context_dim``: every attention location (and the middle) gets LDM's `SpatialTransformer` instead of plain
   self-attention: self-attention, **cross-attention** to a context sequence ``context`` [B, L, context_dim]

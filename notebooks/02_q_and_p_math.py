@@ -522,7 +522,7 @@ assert lam_small[0] / lam_small[-1] > 50
 #
 # **This is what the course's `Trainer` optimises.** `TrainConfig(min_snr_gamma="auto")` picks γ = 1 for the 8×8
 # digits (tuned for a one-minute CPU run, `ddpm_lite.train.RECIPES`) and Hang et al.'s γ = 5 otherwise;
-# `min_snr_gamma=None` trains on plain $L_\text{simple}$. The loss curves of notebook 03 are therefore the
+# `min_snr_gamma=None` trains on plain $L_\text{simple}$. The loss curves of notebook 04 are therefore the
 # min-SNR-γ-weighted ε-loss, not $L_\text{simple}$; `GaussianDiffusion` says which one it computes in its
 # `repr` and in `loss_label`. All four weightings in one plot (λ_t scaled to mean 1, since only its shape
 # matters for training; the others as they are):
@@ -757,7 +757,7 @@ plt.show()
 # is negligible with 1000 steps. The network after 15 s has learned the coarse structure (a ring, with every
 # mode getting its share of points) but not the fine one: its modes are blurred into each other, the visible
 # consequence of its error at small $t$, where the last steps should sharpen each point onto its mode. Training
-# longer (notebook 03) closes the gap.
+# longer (notebook 04) closes the gap.
 
 # %% [markdown]
 # ## 9 · Bits per dimension: exact vs learned

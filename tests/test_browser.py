@@ -8,9 +8,9 @@ widget's slider with the keyboard and checks that the widget's picture changed (
 new PNG bytes from the kernel, and different pixels in an element screenshot):
 
 * notebook 01 (all cells): the noise-step explorer, ``ddpm-noise-explorer``;
-* notebook 05 (its cells up to the scrubber's; nbval runs the rest): the sampling scrubber,
+* notebook 06 (its cells up to the scrubber's; nbval runs the rest): the sampling scrubber,
   ``ddpm-sampling-scrubber``;
-* notebook 10 (its settings, its setup cell and the prompt box's cell only): the prompt explorer,
+* notebook 11 (its settings, its setup cell and the prompt box's cell only): the prompt explorer,
   ``ddpm-prompt-explorer``: a prompt is typed into its text box instead of moving a slider;
 * a planted broken copy of notebook 01 (its setup cell, the explorer's cell, then a cell that disconnects
   the slider's callback): the same check must report "slider moved, picture unchanged", so the test can
@@ -43,14 +43,14 @@ import browser_helpers as bh
 pytestmark = pytest.mark.browser
 
 NB01 = "01_forward_noising.ipynb"
-NB05 = "05_sampling_visualisation.ipynb"
+NB06 = "06_sampling_visualisation.ipynb"
 NB01_BROKEN = "01_forward_noising_BROKEN_slider.ipynb"
-NB10 = "10_text_to_image.ipynb"
-NB10_PROMPT = "10_text_to_image_prompt_box.ipynb"  # its first two code cells and the widget's cell
+NB11 = "11_text_to_image.ipynb"
+NB11_PROMPT = "10_text_to_image_prompt_box.ipynb"  # its first two code cells and the widget's cell
 # The browser runs these only up to (and including) the cell that builds their widget: nothing after it
-# can change what the widget test sees, and nbval runs every cell of every notebook anyway. Notebook 05's
+# can change what the widget test sees, and nbval runs every cell of every notebook anyway. Notebook 06's
 # later sections (DDIM timings, seeds, ...) would add about a third to its run in the browser, the longest one.
-RUN_THROUGH = {NB05: "SamplingScrubber("}
+RUN_THROUGH = {NB06: "SamplingScrubber("}
 EXPLORER = "ddpm-noise-explorer"
 SCRUBBER = "ddpm-sampling-scrubber"
 PROMPT_BOX = "ddpm-prompt-explorer"
@@ -110,12 +110,12 @@ class LabSession:
         is cut after its widget's cell if `RUN_THROUGH` says so."""
         if name == NB01_BROKEN and not (self.root / name).exists() and (self.root / NB01).is_file():
             bh.write_broken_copy(self.root / NB01, self.root / NB01_BROKEN, "NoiseStepExplorer", minimal=True)
-        if name == NB10_PROMPT and not (self.root / name).exists() and (self.root / NB10).is_file():
+        if name == NB11_PROMPT and not (self.root / name).exists() and (self.root / NB11).is_file():
             try:
-                dropped = bh.write_widget_copy(self.root / NB10, self.root / NB10_PROMPT, "PromptExplorer(")
+                dropped = bh.write_widget_copy(self.root / NB11, self.root / NB11_PROMPT, "PromptExplorer(")
             except ValueError as err:
                 pytest.fail(f"{err} (the browser test looks for the prompt box there)", pytrace=False)
-            self.timings[f"{NB10}: cells not run here (only settings, setup and the prompt box)"] = dropped
+            self.timings[f"{NB11}: cells not run here (only settings, setup and the prompt box)"] = dropped
         if not (self.root / name).is_file():
             pytest.fail(f"{name} not found in notebooks/", pytrace=False)
         if name in RUN_THROUGH and name not in self.prepared:
@@ -201,9 +201,9 @@ class LabSession:
 
 # which notebook each browser test drives (the fixture starts those of the selected tests at once)
 NOTEBOOK_OF_TEST = {  # the longest run first
-    "test_sampling_scrubber_updates_in_browser": NB05,
+    "test_sampling_scrubber_updates_in_browser": NB06,
     "test_noise_step_explorer_updates_in_browser": NB01,
-    "test_prompt_explorer_updates_in_browser": NB10_PROMPT,
+    "test_prompt_explorer_updates_in_browser": NB11_PROMPT,
     "test_check_detects_disconnected_slider": NB01_BROKEN,
 }
 
@@ -295,21 +295,21 @@ def test_noise_step_explorer_updates_in_browser(lab):
 
 
 def test_sampling_scrubber_updates_in_browser(lab):
-    with lab.notebook(NB05) as page:
-        _assert_no_errors(page, NB05)
-        check = _check_slider(lab, page, NB05, SCRUBBER, "05_sampling_scrubber", UPDATE_TIMEOUT_S)
-        _assert_widget_updates(check, f"{NB05} sampling scrubber")
+    with lab.notebook(NB06) as page:
+        _assert_no_errors(page, NB06)
+        check = _check_slider(lab, page, NB06, SCRUBBER, "05_sampling_scrubber", UPDATE_TIMEOUT_S)
+        _assert_widget_updates(check, f"{NB06} sampling scrubber")
 
 
 def test_prompt_explorer_updates_in_browser(lab):
-    """Notebook 10's prompt box: typing a new prompt (and Enter) makes the kernel sample and send new images."""
-    with lab.notebook(NB10_PROMPT) as page:
-        _assert_no_errors(page, NB10_PROMPT)
+    """Notebook 11's prompt box: typing a new prompt (and Enter) makes the kernel sample and send new images."""
+    with lab.notebook(NB11_PROMPT) as page:
+        _assert_no_errors(page, NB11_PROMPT)
         t0 = time.monotonic()
         check = bh.check_text_changes_image(page, PROMPT_BOX, TYPED_PROMPT, bh.OUTPUT_DIR, "10_prompt_explorer",
                                             update_timeout_s=UPDATE_TIMEOUT_S)
-        lab.timings[f"{NB10_PROMPT}: type a prompt, compare"] = round(time.monotonic() - t0, 1)
-        lab.timings[f"{NB10_PROMPT}: type a prompt, compare (steps)"] = check.phases
+        lab.timings[f"{NB11_PROMPT}: type a prompt, compare"] = round(time.monotonic() - t0, 1)
+        lab.timings[f"{NB11_PROMPT}: type a prompt, compare (steps)"] = check.phases
         assert check.value_after == TYPED_PROMPT != check.value_before, (
             f"the text box did not take the prompt: {check.value_before!r} -> {check.value_after!r}")
         assert check.image_changed, (

@@ -6,20 +6,20 @@ import pytest
 import torch
 
 from ddpm_lite.exercises import (NOT_ANSWERED, ExerciseError, NotAnsweredError, allclose, call_answer, nb01, nb02,
-                                 nb03, nb04, nb05, nb06, nb07, nb08, nb09, nb10)
+                                 nb04, nb05, nb06, nb07, nb08, nb09, nb10, nb11)
 
 # every check that takes the learner's function, in every notebook
 FUNCTION_CHECKS = [
     nb01.check_q_sample,
     nb02.check_posterior_coefficients, nb02.check_eps_to_x0, nb02.check_x0_to_v, nb02.check_prior_bpd,
-    nb03.check_simple_loss, nb03.check_ema_update, nb03.check_ema_warmup,
-    nb04.check_guided_eps, nb04.check_drop_labels, nb04.check_cfg_loss,
-    nb05.check_ddpm_sample, nb05.check_ddim_step,
-    nb06.check_ddim_sigma, nb06.check_ddim_step, nb06.check_trailing_timesteps, nb06.check_ddim_sampler,
-    nb07.check_dynamic_threshold, nb07.check_scale_to_w, nb07.check_saturated_fraction,
-    nb08.check_reparam_kl, nb08.check_sdedit_timesteps, nb08.check_scale_factor,
-    nb09.check_clip_loss, nb09.check_zero_shot,
-    nb10.check_cross_attention, nb10.check_text_guidance, nb10.check_noise_augmentation,
+    nb04.check_simple_loss, nb04.check_ema_update, nb04.check_ema_warmup,
+    nb05.check_guided_eps, nb05.check_drop_labels, nb05.check_cfg_loss,
+    nb06.check_ddpm_sample, nb06.check_ddim_step,
+    nb07.check_ddim_sigma, nb07.check_ddim_step, nb07.check_trailing_timesteps, nb07.check_ddim_sampler,
+    nb08.check_dynamic_threshold, nb08.check_scale_to_w, nb08.check_saturated_fraction,
+    nb09.check_reparam_kl, nb09.check_sdedit_timesteps, nb09.check_scale_factor,
+    nb10.check_clip_loss, nb10.check_zero_shot,
+    nb11.check_cross_attention, nb11.check_text_guidance, nb11.check_noise_augmentation,
 ]
 
 

@@ -1,182 +1,227 @@
-"""The checks of notebook 05 accept the reference solutions and reject typical wrong answers."""
+"""The checks of notebook 05 pass the reference solutions and reject typical mistakes."""
 
 import pytest
 import torch
 
-from ddpm_lite.diffusion import GaussianDiffusion
-from ddpm_lite.exercises import ExerciseError, NotAnsweredError, nb05
-from ddpm_lite.samplers import ddim_steps
+from ddpm_lite.exercises import ExerciseError, NotAnsweredError
+from ddpm_lite.exercises import nb05
 
 # tiny tensors: one thread is fastest, and the machine's cores are shared
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# -- exercise 1: the ancestral sampling loop ------------------------------------------------------------------------
+# -- exercise 1: the guided ε ----------------------------------------------------------------------------------
 
-def ddpm_sample(denoiser, diffusion, x_T, generator=None):
-    s = diffusion.schedule
-    x = x_T
-    for t in range(diffusion.num_timesteps - 1, -1, -1):
-        x0_hat, _ = denoiser(x, torch.full((x.shape[0],), t))
-        mean = s.posterior_mean_coef1[t] * x0_hat + s.posterior_mean_coef2[t] * x
-        if t > 0:
-            x = mean + s.posterior_variance[t].sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        else:
-            x = mean
-    return x
+def guided_eps(eps_cond, eps_uncond, w):
+    return (1 + w) * eps_cond - w * eps_uncond
 
 
-def eq11_sample(denoiser, diffusion, x_T, generator=None):
-    """The same loop written with eq. 11 (ε̂ instead of x̂_0): also right."""
-    s = diffusion.schedule
-    x = x_T
-    for t in reversed(range(diffusion.num_timesteps)):
-        _, eps = denoiser(x, torch.full((x.shape[0],), t))
-        x = (x - s.betas[t] / (1 - s.alphas_cumprod[t]).sqrt() * eps) / s.alphas[t].sqrt()
-        if t > 0:
-            x = x + s.posterior_variance[t].sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    return x
-
-
-def test_ddpm_sample_accepts_solutions(capsys):
-    nb05.check_ddpm_sample(ddpm_sample)
-    nb05.check_ddpm_sample(eq11_sample)
-    assert capsys.readouterr().out.count("✅ Correct") == 2
-
-
-def _variant(kind):
-    return lambda d, diff, x_T, g=None: nb05._ddpm_variant(d, diff, x_T, g, kind)
-
-
-def _loop(ts_fn, noise_fn=None, start=None):
-    """The right update on a wrong set of timesteps, or with another start / noise source."""
-    def fn(denoiser, diffusion, x_T, generator=None):
-        s = diffusion.schedule
-        x = x_T if start is None else start(x_T)
-        for t in ts_fn(diffusion.num_timesteps):
-            x0_hat, _ = denoiser(x, torch.full((x.shape[0],), t))
-            x = s.posterior_mean_coef1[t] * x0_hat + s.posterior_mean_coef2[t] * x
-            if t > 0:
-                z = noise_fn(x) if noise_fn else torch.randn(x.shape, generator=generator, dtype=x.dtype)
-                x = x + s.posterior_variance[t].sqrt() * z
-        return x
-    return fn
+def test_guided_eps_reference_passes(capsys):
+    nb05.check_guided_eps(guided_eps)
+    assert "Correct" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
-    "wrong, match",
+    "wrong, message",
     [
-        (_variant("no_noise"), "never add the fresh noise"),
-        (_variant("variance"), "standard deviation"),
-        (_variant("beta"), "not β_t"),
-        (_variant("noise_at_0"), "no noise on the last step"),
-        (_variant("jump"), "jumped to the guess"),
-        (_variant("swapped"), "coefficients are swapped"),
-        (_variant("off_by_one"), "off by one"),
-        (_variant("one_z"), "drew z once"),
-        (_loop(lambda T: range(999, -1, -1)), "not a fixed 1000"),
-        (_loop(lambda T: range(T - 1, 0, -1)), "one step early"),
-        (_loop(lambda T: range(T)), "runs forwards"),
-        (_loop(lambda T: range(T - 1, -1, -2)), "once per timestep"),
-        (_loop(lambda T: range(T - 1, -1, -1), noise_fn=lambda x: torch.randn(x.shape, dtype=x.dtype)),
-         "same generator seed differ"),
-        (_loop(lambda T: range(T - 1, -1, -1), start=lambda x: torch.randn_like(x)), "given x_T"),
-        (lambda d, diff, x_T, g=None: d(x_T, 99), "long tensor of shape"),
-        (lambda d, diff, x_T, g=None: ddpm_sample(d, diff, x_T, g)[:, :1], "shape"),
-        (lambda d, diff, x_T, g=None: ddpm_sample(d, diff, x_T, g) * float("nan"), "NaN"),
-        (lambda d, diff, x_T, g=None: ddpm_sample(d, diff, x_T, g) + 0.01, "differ from samplers.ddpm"),
+        (lambda c, u, w: u + w * (c - u), "guidance scale"),        # s-form with s = w
+        (lambda c, u, w: (1 + w) * u - w * c, "swapped"),             # ε_c and ε_∅ swapped
+        (lambda c, u, w: c + w * u, "differs"),                       # made-up formula
+        (lambda c, u, w: w * c - (1 - w) * u, "w = 0"),               # wrong at w = 0
+        (lambda c, u, w: None, "None"),
     ],
 )
-def test_ddpm_sample_rejects_mistakes(wrong, match):
-    with pytest.raises(ExerciseError, match=match):
-        nb05.check_ddpm_sample(wrong)
+def test_guided_eps_rejects_mistakes(wrong, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb05.check_guided_eps(wrong)
 
 
-def test_ddpm_sample_not_answered():
-    def todo(denoiser, diffusion, x_T, generator=None):
+def test_guided_eps_not_implemented():
+    def todo(c, u, w):
+        raise NotImplementedError()
+
+    with pytest.raises(ExerciseError, match="NotImplementedError"):
+        nb05.check_guided_eps(todo)
+
+
+# -- exercise 2: label dropout ---------------------------------------------------------------------------------
+
+def drop_labels(y, p, num_classes, generator=None):
+    drop = torch.rand(y.shape, generator=generator) < p
+    return torch.where(drop, torch.full_like(y, num_classes), y)
+
+
+def test_drop_labels_reference_passes(capsys):
+    nb05.check_drop_labels(drop_labels)
+    assert "Correct" in capsys.readouterr().out
+
+
+def _to_zero(y, p, num_classes, generator=None):
+    drop = torch.rand(y.shape, generator=generator) < p
+    return torch.where(drop, torch.zeros_like(y), y)
+
+
+def _to_last_digit(y, p, num_classes, generator=None):
+    drop = torch.rand(y.shape, generator=generator) < p
+    return torch.where(drop, torch.full_like(y, num_classes - 1), y)
+
+
+def _inverted(y, p, num_classes, generator=None):
+    drop = torch.rand(y.shape, generator=generator) > p
+    return torch.where(drop, torch.full_like(y, num_classes), y)
+
+
+def _in_place(y, p, num_classes, generator=None):
+    drop = torch.rand(y.shape, generator=generator) < p
+    y[drop] = num_classes
+    return y
+
+
+def _float(y, p, num_classes, generator=None):
+    return drop_labels(y, p, num_classes, generator).float()
+
+
+def _ignores_generator(y, p, num_classes, generator=None):
+    return drop_labels(y, p, num_classes, None)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (_to_zero, "null class"),
+        (_to_last_digit, "last real class"),
+        (_inverted, "wrong way round"),
+        (_in_place, "in place"),
+        (_float, "integers"),
+        (_ignores_generator, "generator"),
+    ],
+)
+def test_drop_labels_rejects_mistakes(wrong, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb05.check_drop_labels(wrong)
+
+
+def test_drop_labels_not_answered():
+    def todo(y, p, num_classes, generator=None):
         raise NotImplementedError()
 
     with pytest.raises(NotAnsweredError):
-        nb05.check_ddpm_sample(todo)
+        nb05.check_drop_labels(todo)
 
 
-# -- exercise 2: one DDIM step ---------------------------------------------------------------------------------------
+# -- exercise 3: the conditional training loss -----------------------------------------------------------------------
 
-def solution_ddim_step(x_t, eps, t, t_prev, alphas_cumprod):
-    a_t = alphas_cumprod[t]
-    a_prev = alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
-    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+def cfg_loss(model, diffusion, x0, y, p_uncond, generator=None):
+    y_tilde = drop_labels(y, p_uncond, model.num_classes, generator)
+    return diffusion.training_losses(model, x0, y=y_tilde, generator=generator)["loss"].mean()
 
 
-def test_ddim_step_accepts_solution(capsys):
-    nb05.check_ddim_step(solution_ddim_step)
-    nb05.check_ddim_step(solution_ddim_step, schedule="cosine", T=200)
-    assert capsys.readouterr().out.count("✅ Correct") == 2
+def test_cfg_loss_reference_passes(capsys):
+    nb05.check_cfg_loss(cfg_loss)
+    assert "Correct" in capsys.readouterr().out
 
 
-def test_ddim_reference_is_the_samplers_update():
-    """The check's reference equals a step of the package's own DDIM on the full diffusion (no clipping)."""
-    d = GaussianDiffusion("linear", 1000)
-    gen = torch.Generator().manual_seed(0)
-    x_T = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
-    eps = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+def _loss_with(labels_fn, reduce="mean", t_fn=None, weighted=True, clean=False):
+    """A cfg_loss with one thing changed: how labels are dropped, the reduction, t, the weighting, the input."""
+    def fn(model, diffusion, x0, y, p, generator=None):
+        y_tilde = labels_fn(y, p, model.num_classes, generator)
+        t = t_fn(len(x0), generator) if t_fn else diffusion.sample_timesteps(len(x0), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        if clean:
+            loss = ((model(x0, t, y_tilde) - noise) ** 2).mean(1)
+        elif weighted:
+            loss = diffusion.training_losses(model, x0, t=t, noise=noise, y=y_tilde)["loss"]
+        else:
+            loss = ((model(diffusion.q_sample(x0, t, noise), t, y_tilde) - noise) ** 2).mean(1)
+        return loss.sum() if reduce == "sum" else loss.mean() if reduce == "mean" else loss
+    return fn
 
-    def denoiser(x, tt):
-        return d.predict_x0_from_eps(x, tt, eps), eps
 
-    first = next(iter(ddim_steps(denoiser, d, x_T, steps=10, eta=0.0, spacing="trailing")))  # 999 -> 899
-    ref = nb05._ddim_reference(d, x_T, eps, 999, first.t)
-    torch.testing.assert_close(ref, first.x)
+def _whole_batch(y, p, num_classes, generator=None):
+    drop = bool(torch.rand((), generator=generator) < 0.5)   # all or nothing
+    return torch.full_like(y, num_classes) if drop else y
 
 
-def _step(fn):
-    def f(x_t, eps, t, t_prev, ab):
-        a_t = ab[t]
-        a_prev = ab[t_prev] if t_prev >= 0 else torch.tensor(1.0)
-        x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        return fn(a_prev, x0, x_t, eps)
-    return f
+def _fixed_p(y, p, num_classes, generator=None):
+    return drop_labels(y, 0.1, num_classes, generator)
+
+
+def _no_dropout(y, p, num_classes, generator=None):
+    return y
+
+
+def _twice(model, diffusion, x0, y, p, generator=None):
+    y_tilde = drop_labels(y, p, model.num_classes, generator)
+    out = diffusion.training_losses(model, x0, y=y_tilde, generator=generator)["loss"].mean()
+    return out + 0 * model(x0, torch.zeros(len(x0), dtype=torch.long), y).sum()
+
+
+def _global_rng(model, diffusion, x0, y, p, generator=None):
+    return cfg_loss(model, diffusion, x0, y, p, None)
+
+
+def _in_place(model, diffusion, x0, y, p, generator=None):
+    drop = torch.rand(y.shape, generator=generator) < p
+    y[drop] = model.num_classes
+    return diffusion.training_losses(model, x0, y=y, generator=generator)["loss"].mean()
 
 
 @pytest.mark.parametrize(
-    "wrong, match",
+    "wrong, message",
     [
-        (_step(lambda a, x0, x, e: a * x0 + (1 - a) * e), "not ᾱ_prev and 1 − ᾱ_prev"),
-        (_step(lambda a, x0, x, e: a.sqrt() * x + (1 - a).sqrt() * e), "not √ᾱ_prev · x_t"),
-        (_step(lambda a, x0, x, e: a.sqrt() * x0), "dropped the noise term"),
-        (_step(lambda a, x0, x, e: x0), "re-noises"),
-        # no special case for t_prev = -1: Python indexes the last entry
-        (lambda x, e, t, tp, ab: solution_ddim_step(x, e, t, tp, torch.cat([ab, ab[-1:]]))
-         if tp >= 0 else solution_ddim_step(x, e, t, len(ab) - 1, ab), "negative indexing"),
-        (lambda x, e, t, tp, ab: solution_ddim_step(x, e, t, tp + 1, ab), "off by one"),
-        (lambda x, e, t, tp, ab: solution_ddim_step(x, e, t, tp, ab) + 0.01, "not right yet"),
-        (lambda x, e, t, tp, ab: solution_ddim_step(x, e, t, tp, ab)[:, 0], "shape"),
-        (lambda x, e, t, tp, ab: 1 / 0, "raised ZeroDivisionError"),
+        (_loss_with(_to_zero), "null class 10"),
+        (_loss_with(_to_last_digit), "last real class"),
+        (_loss_with(_inverted), "wrong way round"),
+        (_loss_with(_whole_batch), "whole batch"),
+        (_loss_with(_fixed_p), "not a fixed 0.1"),
+        (_loss_with(_no_dropout), "no label was ever replaced"),
+        (_loss_with(drop_labels, reduce="sum"), "sum of the per-example"),
+        (_loss_with(drop_labels, reduce=None), "one loss per example"),
+        (_loss_with(drop_labels, weighted=False), "unweighted"),
+        (_loss_with(drop_labels, clean=True), "clean images"),
+        (_loss_with(drop_labels, t_fn=lambda n, g: torch.full((n,), 500)), "same timestep"),
+        (lambda *a: cfg_loss(*a).item(), "Python number"),
+        (lambda *a: cfg_loss(*a).detach(), "no gradient"),
+        (lambda m, d, x, y, p, g=None: d.training_losses(m, x, y=drop_labels(y, p, m.num_classes, g), generator=g),
+         "dict"),
+        (_twice, "called 2 times"),
+        (_global_rng, "generator"),
+        (_in_place, "in place"),
     ],
 )
-def test_ddim_step_rejects_mistakes(wrong, match):
-    with pytest.raises(ExerciseError, match=match):
-        nb05.check_ddim_step(wrong)
+def test_cfg_loss_rejects_mistakes(wrong, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb05.check_cfg_loss(wrong)
 
 
-# -- predict, then run: when is the digit decided? ---------------------------------------------------------------
+def test_cfg_loss_not_answered():
+    def todo(model, diffusion, x0, y, p, generator=None):
+        raise NotImplementedError()
 
-def test_settle_prediction(capsys):
-    assert nb05.commit_settle_prediction("A") == "a"
+    with pytest.raises(NotAnsweredError):
+        nb05.check_cfg_loss(todo)
+
+
+# -- predict, then run: where the label matters -----------------------------------------------------------------------
+
+def test_label_effect_prediction(capsys):
+    assert nb05.commit_label_effect_prediction(" (C) ") == "c"
     with pytest.raises(ExerciseError, match="commit to an answer first"):
-        nb05.commit_settle_prediction(None)
+        nb05.commit_label_effect_prediction(None)
     with pytest.raises(ExerciseError, match="not one of the choices"):
-        nb05.commit_settle_prediction("early")
-    # the truth is the third of the run the measured t falls in
-    assert [nb05.settle_truth(t) for t in (999, 668, 667, 334, 333, 10)] == ["a", "a", "b", "b", "c", "c"]
-    assert nb05.settle_truth(80, T=100) == "a"
+        nb05.commit_label_effect_prediction("large")
+    ts = [10, 100, 300, 500, 700, 900, 999]
+    # the truth is where the measured effect is largest, never typed in
+    assert nb05.label_effect_truth(ts, [0.0, 0.1, 0.2, 0.3, 0.3, 0.4, 0.6]) == "c"
+    assert nb05.label_effect_truth(ts, [0.0, 0.1, 0.2, 0.5, 0.3, 0.2, 0.1]) == "b"
+    assert nb05.label_effect_truth(ts, [0.0, 0.9, 0.2, 0.1, 0.1, 0.1, 0.1]) == "a"
+    effect = [0.005, 0.04, 0.2, 0.33, 0.34, 0.41, 0.6]
     capsys.readouterr()
-    assert nb05.reveal_settle("a", 823) is True
+    assert nb05.reveal_label_effect("c", ts, effect) is True
     out = capsys.readouterr().out
-    assert "Right" in out and "t = 823" in out and "Why:" in out
-    assert nb05.reveal_settle("c", 823) is False
+    assert "Right" in out and "t = 999" in out and "Why:" in out
+    assert nb05.reveal_label_effect("a", ts, effect) is False
     out = capsys.readouterr().out
-    assert "Not what happened" in out and "commits long before" in out
-    assert nb05.reveal_settle("b", 823) is False
-    assert nb05.reveal_settle("c", 200) is True
+    assert "Not what happened" in out and "nothing left to add" in out
+    assert nb05.reveal_label_effect("b", ts, effect) is False
+    assert "Not what happened" in capsys.readouterr().out

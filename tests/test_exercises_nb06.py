@@ -1,235 +1,182 @@
-"""The checks of notebook 06 pass the reference solutions and reject typical mistakes."""
+"""The checks of notebook 06 accept the reference solutions and reject typical wrong answers."""
 
-import math
-
-import numpy as np
 import pytest
 import torch
 
-from ddpm_lite.exercises import ExerciseError, NotAnsweredError
-from ddpm_lite.exercises import nb06
-from ddpm_lite.samplers import timestep_sequence
+from ddpm_lite.diffusion import GaussianDiffusion
+from ddpm_lite.exercises import ExerciseError, NotAnsweredError, nb06
+from ddpm_lite.samplers import ddim_steps
 
 # tiny tensors: one thread is fastest, and the machine's cores are shared
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# -- exercise 1: the DDIM σ --------------------------------------------------------------------------------------
+# -- exercise 1: the ancestral sampling loop ------------------------------------------------------------------------
 
-def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
-    return eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) * math.sqrt(1 - alpha_bar_t / alpha_bar_prev)
-
-
-def test_ddim_sigma_reference_passes(capsys):
-    nb06.check_ddim_sigma(ddim_sigma)
-    assert "Correct" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda a, p, eta: ddim_sigma(a, p, eta) ** 2, "variance"),
-        (lambda a, p, eta: eta * (1 - p) / (1 - a) * (1 - a / p), "variance"),
-        (lambda a, p, eta: math.sqrt(eta) * ddim_sigma(a, p, 1.0), "not σ²"),
-        (lambda a, p, eta: eta * math.sqrt((1 - a) / (1 - p) * (1 - a / p)), "less"),
-        (lambda a, p, eta: eta * math.sqrt(1 - a / p), "forgot"),
-        (lambda a, p, eta: ddim_sigma(a, p, 1.0), "η = 0"),
-        (lambda a, p, eta: eta * math.sqrt(1 - a), "expected"),
-        (lambda a, p, eta: "sigma", "number"),
-    ],
-)
-def test_ddim_sigma_rejects_mistakes(wrong, message):
-    with pytest.raises(ExerciseError, match=message):
-        nb06.check_ddim_sigma(wrong)
-
-
-def test_ddim_sigma_reports_not_implemented():
-    def todo(a, p, eta):
-        raise NotImplementedError()
-
-    with pytest.raises(ExerciseError, match="NotImplementedError"):
-        nb06.check_ddim_sigma(todo)
-
-
-# -- exercise 2: one DDIM step -----------------------------------------------------------------------------------
-
-def ddim_step(x0_hat, eps_hat, alpha_bar_prev, sigma, z):
-    return math.sqrt(alpha_bar_prev) * x0_hat + math.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps_hat + sigma * z
-
-
-def test_ddim_step_reference_passes(capsys):
-    nb06.check_ddim_step(ddim_step)
-    assert "Correct" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda x0, e, a, s, z: math.sqrt(a) * x0 + math.sqrt(1 - a) * e + s * z, "room for the fresh noise"),
-        (lambda x0, e, a, s, z: a * x0 + math.sqrt(1 - a - s ** 2) * e + s * z, "not ᾱ_prev"),
-        (lambda x0, e, a, s, z: math.sqrt(a) * x0 + math.sqrt(1 - a - s ** 2) * e + s ** 2 * z, "not σ² z"),
-        (lambda x0, e, a, s, z: math.sqrt(a) * x0 + math.sqrt(1 - a - s ** 2) * e, "dropped the fresh noise"),
-        (lambda x0, e, a, s, z: math.sqrt(a) * x0 + math.sqrt(1 - a - s) * e + s * z, "not σ, inside"),
-        (lambda x0, e, a, s, z: math.sqrt(a) * x0 - math.sqrt(1 - a - s ** 2) * e + s * z, "differs"),
-    ],
-)
-def test_ddim_step_rejects_mistakes(wrong, message):
-    with pytest.raises(ExerciseError, match=message):
-        nb06.check_ddim_step(wrong)
-
-
-# -- exercise 3: trailing spacing --------------------------------------------------------------------------------
-
-def trailing_timesteps(T, steps):
-    return [int(v) for v in np.round(np.arange(T, 0, -T / steps)).astype(int) - 1]
-
-
-def test_trailing_reference_passes(capsys):
-    nb06.check_trailing_timesteps(trailing_timesteps)
-    assert "Correct" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda T, S: sorted(trailing_timesteps(T, S)), "order"),
-        (lambda T, S: [k * (T // S) for k in range(S)][::-1], "leading"),
-        (lambda T, S: [int(v) + 1 for v in trailing_timesteps(T, S)], "0-based"),
-        (lambda T, S: [int(v) for v in np.linspace(T - 1, 0, S).round()], "expected"),
-        (lambda T, S: trailing_timesteps(T, S)[:-1], "entries"),
-        (lambda T, S: 5, "list of ints"),
-    ],
-)
-def test_trailing_rejects_mistakes(wrong, message):
-    with pytest.raises(ExerciseError, match=message):
-        nb06.check_trailing_timesteps(wrong)
-
-
-
-# -- exercise 4: a whole DDIM sampler ------------------------------------------------------------------------------
-
-def my_ddim(denoiser, diffusion, x_T, steps, eta=0.0, generator=None):
-    ab = diffusion.schedule.alphas_cumprod
-    seq = trailing_timesteps(diffusion.num_timesteps, steps)
+def ddpm_sample(denoiser, diffusion, x_T, generator=None):
+    s = diffusion.schedule
     x = x_T
-    for t, t_prev in zip(seq, seq[1:] + [-1]):
-        x0_hat, eps_hat = denoiser(x, torch.full((x.shape[0],), t))
-        a_t = float(ab[t])
-        a_prev = float(ab[t_prev]) if t_prev >= 0 else 1.0
-        sigma = ddim_sigma(a_t, a_prev, eta)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype) if sigma > 0 else torch.zeros_like(x)
-        x = ddim_step(x0_hat, eps_hat, a_prev, sigma, z)
+    for t in range(diffusion.num_timesteps - 1, -1, -1):
+        x0_hat, _ = denoiser(x, torch.full((x.shape[0],), t))
+        mean = s.posterior_mean_coef1[t] * x0_hat + s.posterior_mean_coef2[t] * x
+        if t > 0:
+            x = mean + s.posterior_variance[t].sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        else:
+            x = mean
     return x
 
 
-def my_ddim_always_z(denoiser, diffusion, x_T, steps, eta=0.0, generator=None):
-    """Draws z at every step, also where σ = 0: the same samples."""
-    ab = diffusion.schedule.alphas_cumprod
-    seq = trailing_timesteps(diffusion.num_timesteps, steps)
+def eq11_sample(denoiser, diffusion, x_T, generator=None):
+    """The same loop written with eq. 11 (ε̂ instead of x̂_0): also right."""
+    s = diffusion.schedule
     x = x_T
-    for t, t_prev in zip(seq, seq[1:] + [-1]):
-        x0_hat, eps_hat = denoiser(x, torch.full((x.shape[0],), t))
-        a_prev = float(ab[t_prev]) if t_prev >= 0 else 1.0
-        sigma = ddim_sigma(float(ab[t]), a_prev, eta)
-        x = ddim_step(x0_hat, eps_hat, a_prev, sigma, torch.randn(x.shape, generator=generator, dtype=x.dtype))
+    for t in reversed(range(diffusion.num_timesteps)):
+        _, eps = denoiser(x, torch.full((x.shape[0],), t))
+        x = (x - s.betas[t] / (1 - s.alphas_cumprod[t]).sqrt() * eps) / s.alphas[t].sqrt()
+        if t > 0:
+            x = x + s.posterior_variance[t].sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
     return x
 
 
-def test_ddim_sampler_accepts_solutions(capsys):
-    nb06.check_ddim_sampler(my_ddim)
-    nb06.check_ddim_sampler(my_ddim_always_z)
-    assert capsys.readouterr().out.count("Correct") == 2
+def test_ddpm_sample_accepts_solutions(capsys):
+    nb06.check_ddpm_sample(ddpm_sample)
+    nb06.check_ddpm_sample(eq11_sample)
+    assert capsys.readouterr().out.count("✅ Correct") == 2
 
 
 def _variant(kind):
-    return lambda d, diff, x_T, steps, eta=0.0, g=None: nb06._ddim_variant(d, diff, x_T, steps, eta, g, kind)
+    return lambda d, diff, x_T, g=None: nb06._ddpm_variant(d, diff, x_T, g, kind)
 
 
-def _pow_sigma(a, p, eta):
-    """σ with ** 0.5: a negative argument gives a complex number instead of an error."""
-    return eta * ((1 - p) / (1 - a)) ** 0.5 * (1 - a / p) ** 0.5
-
-
-def _on(seq_fn, at_prev=False, start=None, noise=None, wrap=False, sigma=ddim_sigma):
-    """The right update over another timestep sequence, asked at t_prev, from another start or noise source."""
-    def fn(denoiser, diffusion, x_T, steps, eta=0.0, generator=None):
-        ab = diffusion.schedule.alphas_cumprod
-        seq = seq_fn(diffusion.num_timesteps, steps)
+def _loop(ts_fn, noise_fn=None, start=None):
+    """The right update on a wrong set of timesteps, or with another start / noise source."""
+    def fn(denoiser, diffusion, x_T, generator=None):
+        s = diffusion.schedule
         x = x_T if start is None else start(x_T)
-        for t, t_prev in zip(seq, seq[1:] + [-1]):
-            x0_hat, eps_hat = denoiser(x, torch.full((x.shape[0],), t_prev if at_prev else t))
-            a_prev = float(ab[t_prev]) if (t_prev >= 0 or wrap) else 1.0      # wrap: alphas_cumprod[-1]
-            s = sigma(float(ab[t]), a_prev, eta)
-            z = noise(x) if noise else torch.randn(x.shape, generator=generator, dtype=x.dtype)
-            x = a_prev ** 0.5 * x0_hat + (1 - a_prev - s ** 2) ** 0.5 * eps_hat + s * z
+        for t in ts_fn(diffusion.num_timesteps):
+            x0_hat, _ = denoiser(x, torch.full((x.shape[0],), t))
+            x = s.posterior_mean_coef1[t] * x0_hat + s.posterior_mean_coef2[t] * x
+            if t > 0:
+                z = noise_fn(x) if noise_fn else torch.randn(x.shape, generator=generator, dtype=x.dtype)
+                x = x + s.posterior_variance[t].sqrt() * z
         return x
     return fn
 
 
-def _no_last_step(denoiser, diffusion, x_T, steps, eta=0.0, generator=None):
-    ab = diffusion.schedule.alphas_cumprod
-    seq = trailing_timesteps(diffusion.num_timesteps, steps)
-    x = x_T
-    for t, t_prev in zip(seq, seq[1:]):
-        x0_hat, eps_hat = denoiser(x, torch.full((x.shape[0],), t))
-        sigma = ddim_sigma(float(ab[t]), float(ab[t_prev]), eta)
-        x = ddim_step(x0_hat, eps_hat, float(ab[t_prev]), sigma, torch.randn(x.shape, generator=generator,
-                                                                             dtype=x.dtype))
-    return x
-
-
 @pytest.mark.parametrize(
-    "wrong, message",
+    "wrong, match",
     [
-        (_variant("neg_index"), "Python's \\*last\\*"),
-        (_variant("consecutive"), "jump's own"),
-        (_variant("no_eta"), "ignores η"),
+        (_variant("no_noise"), "never add the fresh noise"),
+        (_variant("variance"), "standard deviation"),
+        (_variant("beta"), "not β_t"),
+        (_variant("noise_at_0"), "no noise on the last step"),
+        (_variant("jump"), "jumped to the guess"),
+        (_variant("swapped"), "coefficients are swapped"),
+        (_variant("off_by_one"), "off by one"),
         (_variant("one_z"), "drew z once"),
-        (_on(lambda T, S: timestep_sequence(T, S, "leading")), "leading"),
-        (_on(trailing_timesteps, at_prev=True), "never at t_prev"),
-        (_no_last_step, "last step is missing"),
-        (_on(trailing_timesteps, wrap=True), "math domain error.*negative number.*last\\* entry"),
-        (_on(trailing_timesteps, wrap=True, sigma=_pow_sigma), "complex numbers.*last\\* entry"),
-        (_on(lambda T, S: trailing_timesteps(T, 2 * S)), "once per step"),
-        (_on(trailing_timesteps, start=torch.randn_like), "given x_T"),
-        (_on(trailing_timesteps, noise=lambda x: torch.randn(x.shape, dtype=x.dtype)), "same generator seed"),
-        (lambda d, diff, x_T, s, e=0.0, g=None: d(x_T, 999), "long tensor of shape"),
-        (lambda *a: my_ddim(*a)[:, :1], "shape"),
-        (lambda *a: my_ddim(*a) * float("nan"), "NaN"),
-        (lambda *a: my_ddim(*a) + 0.01, "differ from samplers.ddim"),
+        (_loop(lambda T: range(999, -1, -1)), "not a fixed 1000"),
+        (_loop(lambda T: range(T - 1, 0, -1)), "one step early"),
+        (_loop(lambda T: range(T)), "runs forwards"),
+        (_loop(lambda T: range(T - 1, -1, -2)), "once per timestep"),
+        (_loop(lambda T: range(T - 1, -1, -1), noise_fn=lambda x: torch.randn(x.shape, dtype=x.dtype)),
+         "same generator seed differ"),
+        (_loop(lambda T: range(T - 1, -1, -1), start=lambda x: torch.randn_like(x)), "given x_T"),
+        (lambda d, diff, x_T, g=None: d(x_T, 99), "long tensor of shape"),
+        (lambda d, diff, x_T, g=None: ddpm_sample(d, diff, x_T, g)[:, :1], "shape"),
+        (lambda d, diff, x_T, g=None: ddpm_sample(d, diff, x_T, g) * float("nan"), "NaN"),
+        (lambda d, diff, x_T, g=None: ddpm_sample(d, diff, x_T, g) + 0.01, "differ from samplers.ddpm"),
     ],
 )
-def test_ddim_sampler_rejects_mistakes(wrong, message):
-    with pytest.raises(ExerciseError, match=message):
-        nb06.check_ddim_sampler(wrong)
+def test_ddpm_sample_rejects_mistakes(wrong, match):
+    with pytest.raises(ExerciseError, match=match):
+        nb06.check_ddpm_sample(wrong)
 
 
-def test_ddim_sampler_not_answered():
-    def todo(denoiser, diffusion, x_T, steps, eta=0.0, generator=None):
+def test_ddpm_sample_not_answered():
+    def todo(denoiser, diffusion, x_T, generator=None):
         raise NotImplementedError()
 
     with pytest.raises(NotAnsweredError):
-        nb06.check_ddim_sampler(todo)
+        nb06.check_ddpm_sample(todo)
 
 
-# -- predict, then run: what more steps buy with a learned network -------------------------------------------------
+# -- exercise 2: one DDIM step ---------------------------------------------------------------------------------------
 
-def test_plateau_prediction(capsys):
-    assert nb06.commit_plateau_prediction("b ") == "b"
+def solution_ddim_step(x_t, eps, t, t_prev, alphas_cumprod):
+    a_t = alphas_cumprod[t]
+    a_prev = alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+
+
+def test_ddim_step_accepts_solution(capsys):
+    nb06.check_ddim_step(solution_ddim_step)
+    nb06.check_ddim_step(solution_ddim_step, schedule="cosine", T=200)
+    assert capsys.readouterr().out.count("✅ Correct") == 2
+
+
+def test_ddim_reference_is_the_samplers_update():
+    """The check's reference equals a step of the package's own DDIM on the full diffusion (no clipping)."""
+    d = GaussianDiffusion("linear", 1000)
+    gen = torch.Generator().manual_seed(0)
+    x_T = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+    eps = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+
+    def denoiser(x, tt):
+        return d.predict_x0_from_eps(x, tt, eps), eps
+
+    first = next(iter(ddim_steps(denoiser, d, x_T, steps=10, eta=0.0, spacing="trailing")))  # 999 -> 899
+    ref = nb06._ddim_reference(d, x_T, eps, 999, first.t)
+    torch.testing.assert_close(ref, first.x)
+
+
+def _step(fn):
+    def f(x_t, eps, t, t_prev, ab):
+        a_t = ab[t]
+        a_prev = ab[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+        x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        return fn(a_prev, x0, x_t, eps)
+    return f
+
+
+@pytest.mark.parametrize(
+    "wrong, match",
+    [
+        (_step(lambda a, x0, x, e: a * x0 + (1 - a) * e), "not ᾱ_prev and 1 − ᾱ_prev"),
+        (_step(lambda a, x0, x, e: a.sqrt() * x + (1 - a).sqrt() * e), "not √ᾱ_prev · x_t"),
+        (_step(lambda a, x0, x, e: a.sqrt() * x0), "dropped the noise term"),
+        (_step(lambda a, x0, x, e: x0), "re-noises"),
+        # no special case for t_prev = -1: Python indexes the last entry
+        (lambda x, e, t, tp, ab: solution_ddim_step(x, e, t, tp, torch.cat([ab, ab[-1:]]))
+         if tp >= 0 else solution_ddim_step(x, e, t, len(ab) - 1, ab), "negative indexing"),
+        (lambda x, e, t, tp, ab: solution_ddim_step(x, e, t, tp + 1, ab), "off by one"),
+        (lambda x, e, t, tp, ab: solution_ddim_step(x, e, t, tp, ab) + 0.01, "not right yet"),
+        (lambda x, e, t, tp, ab: solution_ddim_step(x, e, t, tp, ab)[:, 0], "shape"),
+        (lambda x, e, t, tp, ab: 1 / 0, "raised ZeroDivisionError"),
+    ],
+)
+def test_ddim_step_rejects_mistakes(wrong, match):
+    with pytest.raises(ExerciseError, match=match):
+        nb06.check_ddim_step(wrong)
+
+
+# -- predict, then run: when is the digit decided? ---------------------------------------------------------------
+
+def test_settle_prediction(capsys):
+    assert nb06.commit_settle_prediction("A") == "a"
     with pytest.raises(ExerciseError, match="commit to an answer first"):
-        nb06.commit_plateau_prediction(None)
+        nb06.commit_settle_prediction(None)
     with pytest.raises(ExerciseError, match="not one of the choices"):
-        nb06.commit_plateau_prediction(2)
-    # the truth comes from the measured distances, never typed in
-    assert nb06.plateau_truth(0.072, 0.063, 0.027) == "b"      # levels off above the exact sampler
-    assert nb06.plateau_truth(0.072, 0.035, 0.027) == "a"      # keeps falling to the exact sampler's level
-    assert nb06.plateau_truth(0.072, 0.090, 0.027) == "c"      # gets worse
+        nb06.commit_settle_prediction("early")
+    # the truth is the third of the run the measured t falls in
+    assert [nb06.settle_truth(t) for t in (999, 668, 667, 334, 333, 10)] == ["a", "a", "b", "b", "c", "c"]
+    assert nb06.settle_truth(80, T=100) == "a"
     capsys.readouterr()
-    assert nb06.reveal_plateau("b", 0.072, 0.063, 0.027) is True
+    assert nb06.reveal_settle("a", 823) is True
     out = capsys.readouterr().out
-    assert "Right" in out and "0.063" in out and "Why:" in out
-    assert nb06.reveal_plateau("a", 0.072, 0.063, 0.027) is False
+    assert "Right" in out and "t = 823" in out and "Why:" in out
+    assert nb06.reveal_settle("c", 823) is False
     out = capsys.readouterr().out
-    assert "Not what happened" in out and "bottleneck" in out
-    assert nb06.reveal_plateau("c", 0.072, 0.063, 0.027) is False
-    assert "converges" in capsys.readouterr().out
+    assert "Not what happened" in out and "commits long before" in out
+    assert nb06.reveal_settle("b", 823) is False
+    assert nb06.reveal_settle("c", 200) is True

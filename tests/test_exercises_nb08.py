@@ -1,158 +1,207 @@
 """The checks of notebook 08 pass the reference solutions and reject typical mistakes."""
 
-import math
-
 import pytest
 import torch
 
+from ddpm_lite.diffusion import dynamic_threshold, null_labels
 from ddpm_lite.exercises import ExerciseError, NotAnsweredError
 from ddpm_lite.exercises import nb08
 
 
-# -- exercise 1: z = μ + σ ε and the KL --------------------------------------------------------------------------
+# -- exercise 1: dynamic thresholding --------------------------------------------------------------------------
 
-def reparam_kl(mean, logvar, eps):
-    std = torch.exp(0.5 * logvar)
-    z = mean + std * eps
-    kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3))
-    return z, kl
-
-
-def _kl(mean, logvar):
-    return reparam_kl(mean, logvar, torch.zeros_like(mean))[1]
+def dynamic_threshold(x0, percentile=0.995):
+    s = torch.quantile(x0.reshape(x0.shape[0], -1).abs(), percentile, dim=1)
+    s = s.clamp(min=1.0).reshape(-1, *([1] * (x0.ndim - 1)))
+    return x0.clamp(-s, s) / s
 
 
-def test_reparam_kl_reference_passes(capsys):
-    nb08.check_reparam_kl(reparam_kl)
+def test_dynamic_threshold_reference_passes(capsys):
+    nb08.check_dynamic_threshold(dynamic_threshold)
+    assert "Correct" in capsys.readouterr().out
+
+
+def _no_floor(x0, p=0.995):
+    s = torch.quantile(x0.reshape(x0.shape[0], -1).abs(), p, dim=1).reshape(-1, 1, 1, 1)
+    return x0.clamp(-s, s) / s
+
+
+def _whole_batch(x0, p=0.995):
+    s = torch.quantile(x0.abs().flatten(), p).clamp(min=1.0)
+    return x0.clamp(-s, s) / s
+
+
+def _signed(x0, p=0.995):
+    s = torch.quantile(x0.reshape(x0.shape[0], -1), p, dim=1).clamp(min=1.0).reshape(-1, 1, 1, 1)
+    return x0.clamp(-s, s) / s
+
+
+def _no_divide(x0, p=0.995):
+    s = torch.quantile(x0.reshape(x0.shape[0], -1).abs(), p, dim=1).clamp(min=1.0).reshape(-1, 1, 1, 1)
+    return x0.clamp(-s, s)
+
+
+def _static(x0, p=0.995):
+    return x0.clamp(-1, 1)
+
+
+def _in_place(x0, p=0.995):
+    out = dynamic_threshold(x0, p)
+    x0.copy_(out)
+    return x0
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (_no_floor, "at least 1"),
+        (_whole_batch, "per sample"),
+        (_signed, r"\|x0\|"),
+        (_no_divide, "divide by s"),
+        (_static, "at least 1|static"),
+        (_in_place, "in place"),
+    ],
+)
+def test_dynamic_threshold_rejects_mistakes(wrong, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb08.check_dynamic_threshold(wrong)
+
+
+# -- exercise 2: guidance scale -> weight ----------------------------------------------------------------------
+
+def test_scale_to_w_reference_passes(capsys):
+    nb08.check_scale_to_w(lambda s: s - 1)
+    assert "Correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong", [lambda s: s, lambda s: s + 1, lambda s: 1 / s, lambda s: "s - 1"])
+def test_scale_to_w_rejects_mistakes(wrong):
+    with pytest.raises(ExerciseError):
+        nb08.check_scale_to_w(wrong)
+
+
+# -- exercise 3: saturated fraction ----------------------------------------------------------------------------
+
+def saturated_fraction(x, tol=1e-3):
+    return (x.abs() >= 1 - tol).float().flatten(1).mean(dim=1)
+
+
+def test_saturated_fraction_reference_passes(capsys):
+    nb08.check_saturated_fraction(saturated_fraction)
     assert "Correct" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (lambda m, lv, e: (m + lv * e, _kl(m, lv)), "log σ² as the standard deviation"),
-        (lambda m, lv, e: (m + lv.exp() * e, _kl(m, lv)), "variance σ²"),
-        (lambda m, lv, e: (m + 0.5 * lv * e, _kl(m, lv)), "log σ, not σ"),
-        (lambda m, lv, e: (m, _kl(m, lv)), "the mean μ alone"),
-        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 2 * _kl(m, lv)), "factor ½"),
-        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 0.5 * (m ** 2 + lv.exp() - 1 - lv).mean(dim=(1, 2, 3))),
-         "averaged over the latent dimensions"),
-        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 0.5 * (m ** 2 + (0.5 * lv).exp() - 1 - lv).sum(dim=(1, 2, 3))),
-         "not σ"),
-        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 0.5 * (m ** 2 + lv.exp() - 1 + lv).sum(dim=(1, 2, 3))),
-         "minus sign"),
-        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 0.5 * (m ** 2 + lv.exp() - lv).sum(dim=(1, 2, 3))),
-         "forgot the − 1"),
-        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], _kl(m, lv).sum()), "summed over the batch"),
-        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], _kl(m, lv).mean()), "batch mean"),
-        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 0.5 * (m ** 2 + lv.exp() - 1 - lv)), "shape"),
-        (lambda m, lv, e: reparam_kl(m, lv, e)[0], "two things"),
+        (lambda x, tol=1e-3: (x.abs() >= 1 - tol).float().mean(), "per sample"),
+        (lambda x, tol=1e-3: (x >= 1 - tol).float().flatten(1).mean(dim=1), "both ends"),
+        (lambda x, tol=1e-3: (x.abs() >= 1 - tol).float().flatten(1).sum(dim=1), "differ"),
     ],
 )
-def test_reparam_kl_rejects_mistakes(wrong, message):
+def test_saturated_fraction_rejects_mistakes(wrong, message):
     with pytest.raises(ExerciseError, match=message):
-        nb08.check_reparam_kl(wrong)
+        nb08.check_saturated_fraction(wrong)
 
 
-def test_reparam_kl_not_answered():
-    def todo(m, lv, e):
+@pytest.mark.parametrize(
+    "wrong, message",
+    [(lambda s: s, "s itself"), (lambda s: s + 1, "wrong way"), (lambda s: 1 / s, "not 1/s")],
+)
+def test_scale_to_w_names_mistakes(wrong, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb08.check_scale_to_w(wrong)
+
+
+def test_scale_to_w_unanswered():
+    def todo(s):
         raise NotImplementedError()
 
     with pytest.raises(NotAnsweredError):
-        nb08.check_reparam_kl(todo)
+        nb08.check_scale_to_w(todo)
 
 
-# -- exercise 2: SDEdit's timesteps ------------------------------------------------------------------------------
+# -- exercise 4: the guided, thresholded denoiser ----------------------------------------------------------------
 
-def sdedit(seq, strength):
-    n = round(strength * len(seq))
-    return seq[len(seq) - n:]
-
-
-def test_sdedit_reference_passes(capsys):
-    nb08.check_sdedit_timesteps(sdedit)
-    assert "Correct" in capsys.readouterr().out
-
-
-def test_sdedit_accepts_a_tensor_answer(capsys):
-    nb08.check_sdedit_timesteps(lambda seq, s: torch.tensor(sdedit(seq, s), dtype=torch.long))
-    assert "Correct" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda seq, s: seq[-round(s * len(seq)):], "seq\\[-0:\\]"),
-        (lambda seq, s: seq[:round(s * len(seq))], "head"),
-        (lambda seq, s: seq[len(seq) - int(s * len(seq)):], "rounded down"),
-        (lambda seq, s: seq[len(seq) - math.ceil(s * len(seq)):], "rounded up"),
-        (lambda seq, s: seq[max(len(seq) - round(s * len(seq)) - 1, 0):], "one step too many"),
-        (lambda seq, s: seq[len(seq) - round(s * len(seq)) + 1:] if s > 0 else [], "one step too few"),
-        (lambda seq, s: seq[round(s * len(seq)):], "skipped"),
-        (lambda seq, s: list(reversed(sdedit(seq, s))), "noisiest first"),
-        (lambda seq, s: seq[len(seq) - round(s * len(seq))], "list of timesteps"),
-    ],
-)
-def test_sdedit_rejects_mistakes(wrong, message):
-    with pytest.raises(ExerciseError, match=message):
-        nb08.check_sdedit_timesteps(wrong)
+def guided_predictions(model, diffusion, x_t, t, y, w, threshold=None, percentile=0.95, *, combine="cfg",
+                       x0_form="right", thresholding="right"):
+    eps_c = model(x_t, t, y)
+    null = torch.zeros_like(y) if combine == "class0" else null_labels(model, y)
+    eps_u = model(x_t, t, null)
+    eps = {"cfg": (1 + w) * eps_c - w * eps_u, "class0": (1 + w) * eps_c - w * eps_u,
+           "scale": eps_u + w * (eps_c - eps_u), "swapped": (1 + w) * eps_u - w * eps_c, "cond": eps_c}[combine]
+    ab = diffusion.schedule.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    x0 = {"right": (x_t - (1 - ab).sqrt() * eps) / ab.sqrt(), "no_sqrt": (x_t - (1 - ab) * eps) / ab,
+          "no_divide": x_t - (1 - ab).sqrt() * eps}[x0_form]
+    if threshold is None or thresholding == "none":
+        return x0, eps
+    if threshold == "static" or thresholding == "static_always":
+        x0_new = x0.clamp(-1, 1)
+    else:
+        x0_new = dynamic_threshold(x0, percentile)
+    if thresholding == "no_recompute":
+        return x0_new, eps
+    return x0_new, (x_t - ab.sqrt() * x0_new) / (1 - ab).sqrt()
 
 
-# -- exercise 3: the scale factor --------------------------------------------------------------------------------
-
-def test_scale_factor_reference_passes(capsys):
-    nb08.check_scale_factor(lambda z: 1 / z.std())
-    nb08.check_scale_factor(lambda z: (1 / z.std()).item())
-    assert "Correct" in capsys.readouterr().out
+def test_guided_predictions_reference_passes(capsys):
+    nb08.check_guided_predictions(guided_predictions)
+    # the package's own, called the same way
+    nb08.check_guided_predictions(lambda m, d, x, t, y, w, th, p: d.model_predictions(m, x, t, y, w, th, p))
+    assert capsys.readouterr().out.count("Correct") == 2
 
 
 @pytest.mark.parametrize(
-    "wrong, message",
+    "kwargs, message",
     [
-        (lambda z: z.std(), "the std itself"),
-        (lambda z: 1 / z.var(), "variance"),
-        (lambda z: 1 / z.abs().max(), "max"),
-        (lambda z: 1 / z.pow(2).mean().sqrt(), "mean"),
-        (lambda z: 1 / z.std(dim=(0, 2, 3)), "one number"),
-        (lambda z: 0.18215, "expected 1 / std"),
-        (lambda z: "0.2x", "a number"),
+        (dict(combine="scale"), "guidance scale s"),
+        (dict(combine="swapped"), "branches are swapped"),
+        (dict(combine="class0"), "not class 0"),
+        (dict(combine="cond"), "no guidance"),
+        (dict(x0_form="no_sqrt"), "without the square roots"),
+        (dict(x0_form="no_divide"), "forgot to divide"),
+        (dict(thresholding="none"), "threshold is not applied"),
+        (dict(thresholding="static_always"), "not static clipping"),
+        (dict(thresholding="no_recompute"), "recompute ε̂"),
     ],
 )
-def test_scale_factor_rejects_mistakes(wrong, message):
+def test_guided_predictions_mistakes_are_named(kwargs, message):
+    def wrong(model, diffusion, x_t, t, y, w, threshold, percentile):
+        return guided_predictions(model, diffusion, x_t, t, y, w, threshold, percentile, **kwargs)
+
     with pytest.raises(ExerciseError, match=message):
-        nb08.check_scale_factor(wrong)
+        nb08.check_guided_predictions(wrong)
 
 
-# -- predict, then run: latents at the wrong scale -------------------------------------------------------------------
+def test_guided_predictions_shape_and_unanswered():
+    def todo(*args):
+        raise NotImplementedError()
 
-TS = [20, 50, 100, 200, 350, 500, 700, 999]
-RIGHT = [0.61, 0.37, 0.22, 0.11, 0.05, 0.02, 0.003, 0.0]
+    with pytest.raises(NotAnsweredError):
+        nb08.check_guided_predictions(todo)
+    with pytest.raises(ExerciseError, match="pair"):
+        nb08.check_guided_predictions(lambda m, d, x, t, y, w, th, p: guided_predictions(m, d, x, t, y, w, th, p)[0])
+    with pytest.raises(ExerciseError, match="differs"):
+        nb08.check_guided_predictions(lambda m, d, x, t, y, w, th, p: tuple(
+            v * 1.01 for v in guided_predictions(m, d, x, t, y, w, th, p)))
 
 
-def test_scale_prediction_commit_and_truth():
-    assert nb08.commit_scale_prediction("B") == "b"
+# -- predict, then run: diversity under guidance -------------------------------------------------------------------
+
+def test_diversity_prediction_commit_and_reveal(capsys):
+    assert nb08.commit_diversity_prediction(" (C) ") == "c"
     with pytest.raises(ExerciseError, match="commit to an answer first"):
-        nb08.commit_scale_prediction(None)
+        nb08.commit_diversity_prediction(None)
     with pytest.raises(ExerciseError, match="not one of the choices"):
-        nb08.commit_scale_prediction("large t")
-    # the truth comes from the measured errors: where the excess over the right scale lies
-    low_t = [3.76, 3.61, 3.34, 2.67, 1.40, 0.44, 0.05, 0.0]       # 3× too wide, as measured in the notebook
-    high_t = [r + e for r, e in zip(RIGHT, [0, 0, 0, 0.01, 0.05, 0.6, 1.2, 1.5])]
-    flat = [r + 0.5 for r in RIGHT]
-    assert nb08.scale_error_truth(TS, low_t, RIGHT) == "b"
-    assert nb08.scale_error_truth(TS, high_t, RIGHT) == "a"
-    assert nb08.scale_error_truth(TS, flat, RIGHT) == "c"
-    with pytest.raises(ValueError, match="both sides"):
-        nb08.scale_error_truth([900, 999], [1, 1], [0, 0])
-
-
-def test_scale_prediction_reveal(capsys):
-    wide = [3.76, 3.61, 3.34, 2.67, 1.40, 0.44, 0.05, 0.0]
+        nb08.commit_diversity_prediction("d")
+    # the truth comes from the two measured diversities
+    assert [nb08.diversity_truth(1.0, hi) for hi in (1.5, 1.2, 1.0, 0.8, 0.79, 0.3)] == ["a", "b", "b", "b", "c", "c"]
     capsys.readouterr()
-    assert nb08.reveal_scale_error("b", TS, wide, RIGHT) is True
+    assert nb08.reveal_diversity("c", 0.87, 0.60) is True
     out = capsys.readouterr().out
-    assert "Right" in out and "3.76" in out and "t = 50" in out and "Why:" in out
-    for wrong in ("a", "c"):   # both wrong predictions are said to be wrong, with the reasoning
-        assert nb08.reveal_scale_error(wrong, TS, wide, RIGHT) is False
+    assert "Right" in out and "0.87" in out and "0.60" in out and "Why:" in out
+    for wrong in ("a", "b"):
+        assert nb08.reveal_diversity(wrong, 0.87, 0.60) is False
         out = capsys.readouterr().out
-        assert "Not what happened" in out and "books it as noise" in out
+        assert "Not what happened" in out and "implicit classifier" in out
+    assert nb08.reveal_diversity("b", 0.9, 0.95) is True

@@ -1,175 +1,158 @@
 """The checks of notebook 09 pass the reference solutions and reject typical mistakes."""
 
+import math
+
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ddpm_lite.exercises import ExerciseError, NotAnsweredError
 from ddpm_lite.exercises import nb09
 
 
-# -- exercise 1: the symmetric InfoNCE loss -------------------------------------------------------------------------
+# -- exercise 1: z = μ + σ ε and the KL --------------------------------------------------------------------------
 
-def clip_loss(image_emb, text_emb, logit_scale):
-    image_emb = F.normalize(image_emb, dim=-1)
-    text_emb = F.normalize(text_emb, dim=-1)
-    logits = logit_scale * image_emb @ text_emb.t()
-    target = torch.arange(logits.shape[0])
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
-
-
-def _logits(i, t, s, norm=True, dim=-1):
-    if norm:
-        i, t = F.normalize(i, dim=dim), F.normalize(t, dim=dim)
-    return s * i @ t.t()
+def reparam_kl(mean, logvar, eps):
+    std = torch.exp(0.5 * logvar)
+    z = mean + std * eps
+    kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3))
+    return z, kl
 
 
-def _both(logits, target=None, reduction="mean"):
-    target = torch.arange(logits.shape[0]) if target is None else target
-    return 0.5 * (F.cross_entropy(logits, target, reduction=reduction)
-                  + F.cross_entropy(logits.t(), target, reduction=reduction))
+def _kl(mean, logvar):
+    return reparam_kl(mean, logvar, torch.zeros_like(mean))[1]
 
 
-def test_clip_loss_reference_passes(capsys):
-    nb09.check_clip_loss(clip_loss)
+def test_reparam_kl_reference_passes(capsys):
+    nb09.check_reparam_kl(reparam_kl)
     assert "Correct" in capsys.readouterr().out
 
 
-def test_clip_loss_accepts_a_python_float_and_the_package(capsys):
-    from ddpm_lite.clip import clip_loss as package_loss
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (lambda m, lv, e: (m + lv * e, _kl(m, lv)), "log σ² as the standard deviation"),
+        (lambda m, lv, e: (m + lv.exp() * e, _kl(m, lv)), "variance σ²"),
+        (lambda m, lv, e: (m + 0.5 * lv * e, _kl(m, lv)), "log σ, not σ"),
+        (lambda m, lv, e: (m, _kl(m, lv)), "the mean μ alone"),
+        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 2 * _kl(m, lv)), "factor ½"),
+        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 0.5 * (m ** 2 + lv.exp() - 1 - lv).mean(dim=(1, 2, 3))),
+         "averaged over the latent dimensions"),
+        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 0.5 * (m ** 2 + (0.5 * lv).exp() - 1 - lv).sum(dim=(1, 2, 3))),
+         "not σ"),
+        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 0.5 * (m ** 2 + lv.exp() - 1 + lv).sum(dim=(1, 2, 3))),
+         "minus sign"),
+        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 0.5 * (m ** 2 + lv.exp() - lv).sum(dim=(1, 2, 3))),
+         "forgot the − 1"),
+        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], _kl(m, lv).sum()), "summed over the batch"),
+        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], _kl(m, lv).mean()), "batch mean"),
+        (lambda m, lv, e: (reparam_kl(m, lv, e)[0], 0.5 * (m ** 2 + lv.exp() - 1 - lv)), "shape"),
+        (lambda m, lv, e: reparam_kl(m, lv, e)[0], "two things"),
+    ],
+)
+def test_reparam_kl_rejects_mistakes(wrong, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb09.check_reparam_kl(wrong)
 
-    nb09.check_clip_loss(lambda i, t, s: float(clip_loss(i, t, s)))
-    nb09.check_clip_loss(package_loss)
-    nb09.check_clip_loss(lambda i, t, s: clip_loss(i, t, s).reshape(1))
-    assert capsys.readouterr().out.count("Correct") == 3
+
+def test_reparam_kl_not_answered():
+    def todo(m, lv, e):
+        raise NotImplementedError()
+
+    with pytest.raises(NotAnsweredError):
+        nb09.check_reparam_kl(todo)
+
+
+# -- exercise 2: SDEdit's timesteps ------------------------------------------------------------------------------
+
+def sdedit(seq, strength):
+    n = round(strength * len(seq))
+    return seq[len(seq) - n:]
+
+
+def test_sdedit_reference_passes(capsys):
+    nb09.check_sdedit_timesteps(sdedit)
+    assert "Correct" in capsys.readouterr().out
+
+
+def test_sdedit_accepts_a_tensor_answer(capsys):
+    nb09.check_sdedit_timesteps(lambda seq, s: torch.tensor(sdedit(seq, s), dtype=torch.long))
+    assert "Correct" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (lambda i, t, s: F.cross_entropy(_logits(i, t, s), torch.arange(i.shape[0])), "one direction only \\(images"),
-        (lambda i, t, s: F.cross_entropy(_logits(i, t, s).t(), torch.arange(i.shape[0])),
-         "one direction only \\(captions"),
-        (lambda i, t, s: 2 * clip_loss(i, t, s), "added the two directions"),
-        (lambda i, t, s: clip_loss(i, t, 1.0), "no temperature"),
-        (lambda i, t, s: clip_loss(i, t, 1 / s), "divided by logit_scale"),
-        (lambda i, t, s: clip_loss(i, t, s.exp()), "without another exp"),
-        (lambda i, t, s: _both(_logits(i, t, s, norm=False)), "must be L2-normalised"),
-        (lambda i, t, s: _both(s * F.normalize(i, dim=-1) @ t.t()), "normalise the text embeddings too"),
-        (lambda i, t, s: _both(s * i @ F.normalize(t, dim=-1).t()), "normalise the image embeddings too"),
-        (lambda i, t, s: _both(_logits(i, t, s, dim=0)), "wrong dimension"),
-        (lambda i, t, s: _both(_logits(i, t, s), reduction="sum"), "summed the cross-entropy over the pairs"),
-        (lambda i, t, s: 2 * _both(_logits(i, t, s), reduction="sum"), "summed over the pairs and over the two"),
-        (lambda i, t, s: _both(_logits(i, t, s), target=torch.zeros(i.shape[0], dtype=torch.long)), "not all zeros"),
-        (lambda i, t, s: _both(_logits(i, t, s), target=torch.arange(i.shape[0]).flip(0)), "wrong targets"),
-        (lambda i, t, s: _both(_logits(i, t, s).softmax(-1)), "not softmax probabilities"),
-        (lambda i, t, s: 0.5 * sum(F.binary_cross_entropy_with_logits(lg, torch.eye(i.shape[0], dtype=i.dtype))
-                                   for lg in (_logits(i, t, s), _logits(i, t, s).t())), "binary"),
-        (lambda i, t, s: -_logits(i, t, s).diagonal().mean(), "not just maximised"),
-        (lambda i, t, s: _both(_logits(i, t, s), reduction="none"), "one loss per pair"),
-        (lambda i, t, s: _logits(i, t, s), "\\[N, N\\] matrix"),
-        (lambda i, t, s: clip_loss(i, t, s).expand(3), "one number"),
-        (lambda i, t, s: clip_loss(i, t, s) + 0.1, "expected"),
-        (lambda i, t, s: clip_loss(i, t, s) * float("nan"), "NaN"),
-        (lambda i, t, s: None, "None"),
+        (lambda seq, s: seq[-round(s * len(seq)):], "seq\\[-0:\\]"),
+        (lambda seq, s: seq[:round(s * len(seq))], "head"),
+        (lambda seq, s: seq[len(seq) - int(s * len(seq)):], "rounded down"),
+        (lambda seq, s: seq[len(seq) - math.ceil(s * len(seq)):], "rounded up"),
+        (lambda seq, s: seq[max(len(seq) - round(s * len(seq)) - 1, 0):], "one step too many"),
+        (lambda seq, s: seq[len(seq) - round(s * len(seq)) + 1:] if s > 0 else [], "one step too few"),
+        (lambda seq, s: seq[round(s * len(seq)):], "skipped"),
+        (lambda seq, s: list(reversed(sdedit(seq, s))), "noisiest first"),
+        (lambda seq, s: seq[len(seq) - round(s * len(seq))], "list of timesteps"),
     ],
 )
-def test_clip_loss_rejects_mistakes(wrong, message):
+def test_sdedit_rejects_mistakes(wrong, message):
     with pytest.raises(ExerciseError, match=message):
-        nb09.check_clip_loss(wrong)
+        nb09.check_sdedit_timesteps(wrong)
 
 
-def test_clip_loss_not_answered():
-    def todo(i, t, s):
-        raise NotImplementedError()
+# -- exercise 3: the scale factor --------------------------------------------------------------------------------
 
-    with pytest.raises(NotAnsweredError):
-        nb09.check_clip_loss(todo)
-
-
-# -- exercise 2: zero-shot prediction with prompt ensembling --------------------------------------------------------
-
-def zero_shot_predict(image_emb, template_embs):
-    class_emb = F.normalize(template_embs.mean(0), dim=-1)
-    return (image_emb @ class_emb.t()).argmax(dim=1)
-
-
-def test_zero_shot_reference_passes(capsys):
-    nb09.check_zero_shot(zero_shot_predict)
-    # a softmax over the classes, a sum instead of the mean, or a list of ints, change nothing
-    nb09.check_zero_shot(lambda im, te: (100 * im @ F.normalize(te.sum(0), dim=-1).t()).softmax(-1).argmax(-1))
-    nb09.check_zero_shot(lambda im, te: zero_shot_predict(im, te).tolist())
-    assert capsys.readouterr().out.count("Correct") == 3
-
-
-def test_zero_shot_agrees_with_the_model():
-    """The check's reference is what CLIP.zero_shot_classify computes from the model's own embeddings."""
-    from ddpm_lite import captions as cap
-    from ddpm_lite.clip import CLIP
-
-    torch.manual_seed(0)
-    model = CLIP(image_size=8, embed_dim=16, image_channels=(8, 8, 16), image_width=32, text_width=32,
-                 text_layers=1, text_heads=2).eval()
-    x = torch.rand(12, 1, 8, 8) * 2 - 1
-    with torch.no_grad():
-        templates = torch.stack([model.encode_text([t.format(n) for n in cap.NUMBER_WORDS])
-                                 for t in cap.ZERO_SHOT_TEMPLATES])
-        expected = model.zero_shot_classify(x).argmax(1)
-        assert torch.equal(nb09._ensemble_predict(model.encode_image(x), templates), expected)
+def test_scale_factor_reference_passes(capsys):
+    nb09.check_scale_factor(lambda z: 1 / z.std())
+    nb09.check_scale_factor(lambda z: (1 / z.std()).item())
+    assert "Correct" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (lambda im, te: (im @ te.mean(0).t()).argmax(1), "did not re-normalise"),
-        (lambda im, te: torch.einsum("bd,tkd->btk", im, te).mean(1).argmax(1), "did not re-normalise"),
-        (lambda im, te: (im @ F.normalize(te.mean(1), dim=-1).t()).argmax(1), "over the classes \\(dim 1\\)"),
-        (lambda im, te: torch.einsum("bd,tkd->btk", im, te).amax(1).argmax(1), "best template"),
-        (lambda im, te: (im @ te[0].t()).argmax(1), "template 0 alone"),
-        (lambda im, te: (im @ te[-1].t()).argmax(1), "template 2 alone"),
-        (lambda im, te: (100 * im @ F.normalize(te.mean(0), dim=-1).t()).softmax(0).argmax(1), "softmax over the images"),
-        (lambda im, te: (im @ F.normalize(te.mean(0), dim=-1).t()).softmax(0).argmax(1), "softmax over the images"),
-        (lambda im, te: (7 * im @ F.normalize(te.mean(0), dim=-1).t()).softmax(0).argmax(1),
-         "changes with the other images"),
-        (lambda im, te: (im @ F.normalize(te.mean(0), dim=-1).t()).argmax(0), "argmax over the images"),
-        (lambda im, te: im @ F.normalize(te.mean(0), dim=-1).t(), "scores of shape \\[B, K\\]"),
-        (lambda im, te: (im @ F.normalize(te.mean(0), dim=-1).t()).max(1).values, "class indices"),
-        (lambda im, te: zero_shot_predict(im, te)[:-1], "one class index per image"),
-        (lambda im, te: (zero_shot_predict(im, te) + 1) % 10, "predictions differ"),
-        (lambda im, te: zero_shot_predict(im, te) if im.dtype == torch.float64 else zero_shot_predict(im, te) * 0,
-         "second one"),
-        (lambda im, te: None, "None"),
+        (lambda z: z.std(), "the std itself"),
+        (lambda z: 1 / z.var(), "variance"),
+        (lambda z: 1 / z.abs().max(), "max"),
+        (lambda z: 1 / z.pow(2).mean().sqrt(), "mean"),
+        (lambda z: 1 / z.std(dim=(0, 2, 3)), "one number"),
+        (lambda z: 0.18215, "expected 1 / std"),
+        (lambda z: "0.2x", "a number"),
     ],
 )
-def test_zero_shot_rejects_mistakes(wrong, message):
+def test_scale_factor_rejects_mistakes(wrong, message):
     with pytest.raises(ExerciseError, match=message):
-        nb09.check_zero_shot(wrong)
+        nb09.check_scale_factor(wrong)
 
 
-def test_zero_shot_not_answered():
-    def todo(im, te):
-        raise NotImplementedError()
+# -- predict, then run: latents at the wrong scale -------------------------------------------------------------------
 
-    with pytest.raises(NotAnsweredError):
-        nb09.check_zero_shot(todo)
+TS = [20, 50, 100, 200, 350, 500, 700, 999]
+RIGHT = [0.61, 0.37, 0.22, 0.11, 0.05, 0.02, 0.003, 0.0]
 
 
-# -- predict, then run: the upside-down seven --------------------------------------------------------------------------
-
-def test_upside_down_prediction_commit_and_reveal(capsys):
-    assert nb09.commit_upside_down_prediction("c") == "c"
+def test_scale_prediction_commit_and_truth():
+    assert nb09.commit_scale_prediction("B") == "b"
     with pytest.raises(ExerciseError, match="commit to an answer first"):
-        nb09.commit_upside_down_prediction(None)
+        nb09.commit_scale_prediction(None)
     with pytest.raises(ExerciseError, match="not one of the choices"):
-        nb09.commit_upside_down_prediction("seven")
-    # the truth comes from the measured share, never typed in
-    assert [nb09.upside_down_truth(v) for v in (1.0, 0.61, 0.6, 0.2, 0.19, 0.0)] == ["a", "a", "b", "b", "c", "c"]
+        nb09.commit_scale_prediction("large t")
+    # the truth comes from the measured errors: where the excess over the right scale lies
+    low_t = [3.76, 3.61, 3.34, 2.67, 1.40, 0.44, 0.05, 0.0]       # 3× too wide, as measured in the notebook
+    high_t = [r + e for r, e in zip(RIGHT, [0, 0, 0, 0.01, 0.05, 0.6, 1.2, 1.5])]
+    flat = [r + 0.5 for r in RIGHT]
+    assert nb09.scale_error_truth(TS, low_t, RIGHT) == "b"
+    assert nb09.scale_error_truth(TS, high_t, RIGHT) == "a"
+    assert nb09.scale_error_truth(TS, flat, RIGHT) == "c"
+    with pytest.raises(ValueError, match="both sides"):
+        nb09.scale_error_truth([900, 999], [1, 1], [0, 0])
+
+
+def test_scale_prediction_reveal(capsys):
+    wide = [3.76, 3.61, 3.34, 2.67, 1.40, 0.44, 0.05, 0.0]
     capsys.readouterr()
-    assert nb09.reveal_upside_down("c", 0.0, "six") is True
+    assert nb09.reveal_scale_error("b", TS, wide, RIGHT) is True
     out = capsys.readouterr().out
-    assert "Right" in out and "0%" in out and '"six"' in out and "Why:" in out
-    for wrong in ("a", "b"):   # both wrong predictions are said to be wrong, with the reasoning
-        assert nb09.reveal_upside_down(wrong, 0.0) is False
+    assert "Right" in out and "3.76" in out and "t = 50" in out and "Why:" in out
+    for wrong in ("a", "c"):   # both wrong predictions are said to be wrong, with the reasoning
+        assert nb09.reveal_scale_error(wrong, TS, wide, RIGHT) is False
         out = capsys.readouterr().out
-        assert "Not what happened" in out and "new one" in out
-    assert nb09.reveal_upside_down("a", 0.9) is True
+        assert "Not what happened" in out and "books it as noise" in out

@@ -1,6 +1,4 @@
-"""The checks of notebook 10 pass the reference solutions and reject typical mistakes, each by name."""
-
-import math
+"""The checks of notebook 10 pass the reference solutions and reject typical mistakes."""
 
 import pytest
 import torch
@@ -10,231 +8,168 @@ from ddpm_lite.exercises import ExerciseError, NotAnsweredError
 from ddpm_lite.exercises import nb10
 
 
-def _todo(*args):
-    raise NotImplementedError()
+# -- exercise 1: the symmetric InfoNCE loss -------------------------------------------------------------------------
+
+def clip_loss(image_emb, text_emb, logit_scale):
+    image_emb = F.normalize(image_emb, dim=-1)
+    text_emb = F.normalize(text_emb, dim=-1)
+    logits = logit_scale * image_emb @ text_emb.t()
+    target = torch.arange(logits.shape[0])
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-# -- exercise 1: cross-attention with a padding mask ---------------------------------------------------------------
-
-def cross_attention(q, k, v, mask):
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-    weights = scores.softmax(dim=-1)
-    return weights @ v, weights
+def _logits(i, t, s, norm=True, dim=-1):
+    if norm:
+        i, t = F.normalize(i, dim=dim), F.normalize(t, dim=dim)
+    return s * i @ t.t()
 
 
-def _scores(q, k, scale=None):
-    return q @ k.transpose(-1, -2) / (math.sqrt(q.shape[-1]) if scale is None else scale)
+def _both(logits, target=None, reduction="mean"):
+    target = torch.arange(logits.shape[0]) if target is None else target
+    return 0.5 * (F.cross_entropy(logits, target, reduction=reduction)
+                  + F.cross_entropy(logits.t(), target, reduction=reduction))
 
 
-def _m(mask):
-    return mask[:, None, None, :]
+def test_clip_loss_reference_passes(capsys):
+    nb10.check_clip_loss(clip_loss)
+    assert "Correct" in capsys.readouterr().out
 
 
-def _pair(weights, v):
-    return weights @ v, weights
+def test_clip_loss_accepts_a_python_float_and_the_package(capsys):
+    from ddpm_lite.clip import clip_loss as package_loss
 
-
-def test_cross_attention_reference_passes(capsys):
-    from ddpm_lite.transformer import attention
-
-    nb10.check_cross_attention(cross_attention)
-    nb10.check_cross_attention(attention)                                   # the package's own
-    nb10.check_cross_attention(lambda q, k, v, m: list(cross_attention(q, k, v, m)))
-    # the fused kernel computes the same output; its weights from the explicit softmax
-    nb10.check_cross_attention(lambda q, k, v, m: (F.scaled_dot_product_attention(q, k, v, attn_mask=_m(m)),
-                                                   cross_attention(q, k, v, m)[1]))
-    assert capsys.readouterr().out.count("Correct") == 4
-
-
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda q, k, v, m: _pair(_scores(q, k, 1.0).masked_fill(~_m(m), -math.inf).softmax(-1), v), "no √d scaling"),
-        (lambda q, k, v, m: _pair(_scores(q, k, q.shape[-1]).masked_fill(~_m(m), -math.inf).softmax(-1), v),
-         "divided the scores by d"),
-        (lambda q, k, v, m: _pair(_scores(q, k, 1 / math.sqrt(q.shape[-1])).masked_fill(~_m(m), -math.inf).softmax(-1),
-                                  v), "multiplied the scores by √d"),
-        (lambda q, k, v, m: _pair(_scores(q, k).masked_fill(~_m(m), -math.inf).softmax(-2), v), "wrong axis"),
-        (lambda q, k, v, m: _pair(_scores(q, k).softmax(-1), v), "mask is ignored"),
-        (lambda q, k, v, m: _pair(_scores(q, k).softmax(-1) * _m(m), v), "after\\* the softmax without renormalising"),
-        (lambda q, k, v, m: _pair(_scores(q, k).masked_fill(~_m(m), 0.0).softmax(-1), v), "scores to 0"),
-        (lambda q, k, v, m: _pair(_scores(q, k).masked_fill(_m(m), -math.inf).softmax(-1), v), "inverted"),
-        (lambda q, k, v, m: _pair(_scores(q, k).masked_fill(_m(m), -math.inf).softmax(-1).nan_to_num(0.0), v),
-         "inverted"),
-        (lambda q, k, v, m: _pair(_scores(q, k).masked_fill(~_m(m), -math.inf).softmax(-1) * math.nan, v), "NaN"),
-        (lambda q, k, v, m: _pair(cross_attention(q, k, v, m)[1], k), "with the keys"),
-        (lambda q, k, v, m: (cross_attention(q, k, v, m)[0] * 2, cross_attention(q, k, v, m)[1]), "weights are right"),
-        (lambda q, k, v, m: cross_attention(q, k, v, m)[0], "only the output"),
-        (lambda q, k, v, m: cross_attention(q, k, v, m)[::-1], "output first"),
-        (lambda q, k, v, m: (cross_attention(q, k, v, m)[0], cross_attention(q, k, v, m)[1][..., :-1]), "weights should"),
-        (lambda q, k, v, m: (cross_attention(q, k, v, m)[0][..., :-1], cross_attention(q, k, v, m)[1]), "output should"),
-        (lambda q, k, v, m: (cross_attention(q, k, v, m)[0], cross_attention(q, k, v, m)[1] + 0.01 * ~_m(m)),
-         "still get attention"),
-        (lambda q, k, v, m: (cross_attention(q, k, v, m)[0], cross_attention(q, k, v, m)[1] * 1.01), "differ"),
-        (lambda q, k, v, m: None, "None"),
-        (lambda q, k, v, m: (1, 2, 3), "the pair"),
-    ],
-)
-def test_cross_attention_rejects_mistakes(wrong, message):
-    with pytest.raises(ExerciseError, match=message):
-        nb10.check_cross_attention(wrong)
-
-
-def test_cross_attention_not_answered():
-    with pytest.raises(NotAnsweredError):
-        nb10.check_cross_attention(_todo)
-
-
-# -- exercise 2: guidance against the empty prompt ----------------------------------------------------------------
-
-def text_guided_eps(model, x_t, t, cond, w):
-    eps_c = model(x_t, t, context=cond.context, context_mask=cond.mask)
-    null = cond.null()
-    eps_u = model(x_t, t, context=null.context, context_mask=null.mask)
-    return (1 + w) * eps_c - w * eps_u
-
-
-def _branches(model, x, t, cond, null_kwargs=None, cond_kwargs=None):
-    e_c = model(x, t, **(cond_kwargs or cond.model_kwargs()))
-    e_u = model(x, t, **(null_kwargs or cond.null().model_kwargs()))
-    return e_c, e_u
-
-
-def test_text_guidance_reference_passes(capsys):
-    from ddpm_lite.conditioning import call_model
-
-    nb10.check_text_guidance(text_guided_eps)
-    # one batch of 2B, as the package does it
-    def batched(model, x, t, cond, w):
-        both = call_model(model, torch.cat([x, x]), torch.cat([t, t]), cond.cat(cond.null()))
-        c, u = both.chunk(2)
-        return c + w * (c - u)
-    nb10.check_text_guidance(batched)
-    assert capsys.readouterr().out.count("Correct") == 2
-
-
-def _form(f, **kw):
-    def answer(model, x, t, cond, w):
-        e_c, e_u = _branches(model, x, t, cond, **{k: v(cond) for k, v in kw.items()})
-        return f(e_c, e_u, w)
-    return answer
+    nb10.check_clip_loss(lambda i, t, s: float(clip_loss(i, t, s)))
+    nb10.check_clip_loss(package_loss)
+    nb10.check_clip_loss(lambda i, t, s: clip_loss(i, t, s).reshape(1))
+    assert capsys.readouterr().out.count("Correct") == 3
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (_form(lambda c, u, w: u + w * (c - u)), "guidance scale s"),
-        (_form(lambda c, u, w: (1 + w) * u - w * c), "branches are swapped"),
-        (_form(lambda c, u, w: w * c - (1 + w) * u), "w and 1 \\+ w are swapped"),
-        (_form(lambda c, u, w: (1 - w) * c + w * u), "wrong sign"),
-        (_form(lambda c, u, w: c), "conditional prediction alone"),
-        (_form(lambda c, u, w: (1 + w) * c - w * u,
-               null_kwargs=lambda cond: dict(context=torch.zeros_like(cond.context), context_mask=cond.mask)),
-         "not a context of zeros"),
-        (_form(lambda c, u, w: (1 + w) * c - w * u,
-               null_kwargs=lambda cond: dict(context=torch.zeros_like(cond.context))), "not a context of zeros"),
-        (_form(lambda c, u, w: (1 + w) * c - w * u, null_kwargs=lambda cond: dict(context=cond.null().context)),
-         "without its mask"),
-        (_form(lambda c, u, w: (1 + w) * c - w * u,
-               null_kwargs=lambda cond: dict(context=cond.null().context, context_mask=cond.mask)), "own mask"),
-        (_form(lambda c, u, w: (1 + w) * c - w * u, cond_kwargs=lambda cond: dict(context=cond.context)),
-         "prompts' padding mask"),
-        (_form(lambda c, u, w: (1 + w) * c - w * u + (0.1 if w == 0 else 0)), "with w = 0"),
-        (_form(lambda c, u, w: (1 + w) * c - w * u + 0.01 * w), "differs"),
-        (_form(lambda c, u, w: ((1 + w) * c - w * u)[:, :, :4]), "shaped like x_t"),
-        (lambda model, x, t, cond, w: None, "None"),
+        (lambda i, t, s: F.cross_entropy(_logits(i, t, s), torch.arange(i.shape[0])), "one direction only \\(images"),
+        (lambda i, t, s: F.cross_entropy(_logits(i, t, s).t(), torch.arange(i.shape[0])),
+         "one direction only \\(captions"),
+        (lambda i, t, s: 2 * clip_loss(i, t, s), "added the two directions"),
+        (lambda i, t, s: clip_loss(i, t, 1.0), "no temperature"),
+        (lambda i, t, s: clip_loss(i, t, 1 / s), "divided by logit_scale"),
+        (lambda i, t, s: clip_loss(i, t, s.exp()), "without another exp"),
+        (lambda i, t, s: _both(_logits(i, t, s, norm=False)), "must be L2-normalised"),
+        (lambda i, t, s: _both(s * F.normalize(i, dim=-1) @ t.t()), "normalise the text embeddings too"),
+        (lambda i, t, s: _both(s * i @ F.normalize(t, dim=-1).t()), "normalise the image embeddings too"),
+        (lambda i, t, s: _both(_logits(i, t, s, dim=0)), "wrong dimension"),
+        (lambda i, t, s: _both(_logits(i, t, s), reduction="sum"), "summed the cross-entropy over the pairs"),
+        (lambda i, t, s: 2 * _both(_logits(i, t, s), reduction="sum"), "summed over the pairs and over the two"),
+        (lambda i, t, s: _both(_logits(i, t, s), target=torch.zeros(i.shape[0], dtype=torch.long)), "not all zeros"),
+        (lambda i, t, s: _both(_logits(i, t, s), target=torch.arange(i.shape[0]).flip(0)), "wrong targets"),
+        (lambda i, t, s: _both(_logits(i, t, s).softmax(-1)), "not softmax probabilities"),
+        (lambda i, t, s: 0.5 * sum(F.binary_cross_entropy_with_logits(lg, torch.eye(i.shape[0], dtype=i.dtype))
+                                   for lg in (_logits(i, t, s), _logits(i, t, s).t())), "binary"),
+        (lambda i, t, s: -_logits(i, t, s).diagonal().mean(), "not just maximised"),
+        (lambda i, t, s: _both(_logits(i, t, s), reduction="none"), "one loss per pair"),
+        (lambda i, t, s: _logits(i, t, s), "\\[N, N\\] matrix"),
+        (lambda i, t, s: clip_loss(i, t, s).expand(3), "one number"),
+        (lambda i, t, s: clip_loss(i, t, s) + 0.1, "expected"),
+        (lambda i, t, s: clip_loss(i, t, s) * float("nan"), "NaN"),
+        (lambda i, t, s: None, "None"),
     ],
 )
-def test_text_guidance_rejects_mistakes(wrong, message):
+def test_clip_loss_rejects_mistakes(wrong, message):
     with pytest.raises(ExerciseError, match=message):
-        nb10.check_text_guidance(wrong)
+        nb10.check_clip_loss(wrong)
 
 
-def test_text_guidance_not_answered():
+def test_clip_loss_not_answered():
+    def todo(i, t, s):
+        raise NotImplementedError()
+
     with pytest.raises(NotAnsweredError):
-        nb10.check_text_guidance(_todo)
+        nb10.check_clip_loss(todo)
 
 
-# -- exercise 3: noise-conditioning augmentation ------------------------------------------------------------------
+# -- exercise 2: zero-shot prediction with prompt ensembling --------------------------------------------------------
 
-def noise_augment(low, size, aug_level, alphas_cumprod, noise):
-    up = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-    a = alphas_cumprod[aug_level].reshape(-1, 1, 1, 1)
-    return a.sqrt() * up + (1 - a).sqrt() * noise
-
-
-def _aug(coef, mode="bilinear", corners=False, shift=0):
-    def answer(low, size, aug_level, alphas_cumprod, noise):
-        kw = {} if mode == "nearest" else {"align_corners": corners}
-        up = F.interpolate(low, size=(size, size), mode=mode, **kw)
-        a = alphas_cumprod[(aug_level + shift).clamp(0, len(alphas_cumprod) - 1)].reshape(-1, 1, 1, 1)
-        return coef(up, a, noise)
-    return answer
+def zero_shot_predict(image_emb, template_embs):
+    class_emb = F.normalize(template_embs.mean(0), dim=-1)
+    return (image_emb @ class_emb.t()).argmax(dim=1)
 
 
-def test_noise_augmentation_reference_passes(capsys):
-    from ddpm_lite.diffusion import GaussianDiffusion
-    from ddpm_lite.text_to_image import upsample
+def test_zero_shot_reference_passes(capsys):
+    nb10.check_zero_shot(zero_shot_predict)
+    # a softmax over the classes, a sum instead of the mean, or a list of ints, change nothing
+    nb10.check_zero_shot(lambda im, te: (100 * im @ F.normalize(te.sum(0), dim=-1).t()).softmax(-1).argmax(-1))
+    nb10.check_zero_shot(lambda im, te: zero_shot_predict(im, te).tolist())
+    assert capsys.readouterr().out.count("Correct") == 3
 
-    nb10.check_noise_augmentation(noise_augment)
 
-    def with_package(low, size, aug_level, alphas_cumprod, noise):
-        return GaussianDiffusion("linear", timesteps=len(alphas_cumprod)).q_sample(upsample(low, (size, size)),
-                                                                                    aug_level, noise)
-    nb10.check_noise_augmentation(with_package)
-    assert capsys.readouterr().out.count("Correct") == 2
+def test_zero_shot_agrees_with_the_model():
+    """The check's reference is what CLIP.zero_shot_classify computes from the model's own embeddings."""
+    from ddpm_lite import captions as cap
+    from ddpm_lite.clip import CLIP
+
+    torch.manual_seed(0)
+    model = CLIP(image_size=8, embed_dim=16, image_channels=(8, 8, 16), image_width=32, text_width=32,
+                 text_layers=1, text_heads=2).eval()
+    x = torch.rand(12, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        templates = torch.stack([model.encode_text([t.format(n) for n in cap.NUMBER_WORDS])
+                                 for t in cap.ZERO_SHOT_TEMPLATES])
+        expected = model.zero_shot_classify(x).argmax(1)
+        assert torch.equal(nb10._ensemble_predict(model.encode_image(x), templates), expected)
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (_aug(lambda up, a, n: a * up + (1 - a) * n), "without the square roots"),
-        (_aug(lambda up, a, n: a.sqrt() * up + (1 - a) * n), "noise's coefficient"),
-        (_aug(lambda up, a, n: a * up + (1 - a).sqrt() * n), "image's coefficient"),
-        (_aug(lambda up, a, n: up + (1 - a).sqrt() * n), "scaled by √ᾱ_s too"),
-        (_aug(lambda up, a, n: (1 - a).sqrt() * up + a.sqrt() * n), "coefficients are swapped"),
-        (_aug(lambda up, a, n: a.sqrt() * up + (1 - a).sqrt() * n, mode="nearest"), "not nearest"),
-        (_aug(lambda up, a, n: a.sqrt() * up + (1 - a).sqrt() * n, corners=True), "align_corners=False"),
-        (_aug(lambda up, a, n: a.sqrt() * up + (1 - a).sqrt() * n, shift=-1), "wrong timestep"),
-        (_aug(lambda up, a, n: a.sqrt() * up + (1 - a).sqrt() * n, shift=1), "wrong timestep"),
-        (_aug(lambda up, a, n: up + 0 * a), "no noise"),
-        (lambda low, size, s, ac, n: low, "low resolution"),
-        (lambda low, size, s, ac, n: noise_augment(low, size, s, ac, n)[:, :, :-1], "should have shape"),
-        (lambda low, size, s, ac, n: noise_augment(low, size, s[[0, 0, 0]], ac, n), "some images only"),
-        (lambda low, size, s, ac, n: noise_augment(low, size, s, ac, n) * 1.1, "differ"),
-        (lambda low, size, s, ac, n: None, "None"),
+        (lambda im, te: (im @ te.mean(0).t()).argmax(1), "did not re-normalise"),
+        (lambda im, te: torch.einsum("bd,tkd->btk", im, te).mean(1).argmax(1), "did not re-normalise"),
+        (lambda im, te: (im @ F.normalize(te.mean(1), dim=-1).t()).argmax(1), "over the classes \\(dim 1\\)"),
+        (lambda im, te: torch.einsum("bd,tkd->btk", im, te).amax(1).argmax(1), "best template"),
+        (lambda im, te: (im @ te[0].t()).argmax(1), "template 0 alone"),
+        (lambda im, te: (im @ te[-1].t()).argmax(1), "template 2 alone"),
+        (lambda im, te: (100 * im @ F.normalize(te.mean(0), dim=-1).t()).softmax(0).argmax(1), "softmax over the images"),
+        (lambda im, te: (im @ F.normalize(te.mean(0), dim=-1).t()).softmax(0).argmax(1), "softmax over the images"),
+        (lambda im, te: (7 * im @ F.normalize(te.mean(0), dim=-1).t()).softmax(0).argmax(1),
+         "changes with the other images"),
+        (lambda im, te: (im @ F.normalize(te.mean(0), dim=-1).t()).argmax(0), "argmax over the images"),
+        (lambda im, te: im @ F.normalize(te.mean(0), dim=-1).t(), "scores of shape \\[B, K\\]"),
+        (lambda im, te: (im @ F.normalize(te.mean(0), dim=-1).t()).max(1).values, "class indices"),
+        (lambda im, te: zero_shot_predict(im, te)[:-1], "one class index per image"),
+        (lambda im, te: (zero_shot_predict(im, te) + 1) % 10, "predictions differ"),
+        (lambda im, te: zero_shot_predict(im, te) if im.dtype == torch.float64 else zero_shot_predict(im, te) * 0,
+         "second one"),
+        (lambda im, te: None, "None"),
     ],
 )
-def test_noise_augmentation_rejects_mistakes(wrong, message):
+def test_zero_shot_rejects_mistakes(wrong, message):
     with pytest.raises(ExerciseError, match=message):
-        nb10.check_noise_augmentation(wrong)
+        nb10.check_zero_shot(wrong)
 
 
-def test_noise_augmentation_not_answered():
+def test_zero_shot_not_answered():
+    def todo(im, te):
+        raise NotImplementedError()
+
     with pytest.raises(NotAnsweredError):
-        nb10.check_noise_augmentation(_todo)
+        nb10.check_zero_shot(todo)
 
 
-# -- predict, then run: a held-out combination ----------------------------------------------------------------------
+# -- predict, then run: the upside-down seven --------------------------------------------------------------------------
 
-def test_held_out_prediction_commit_and_reveal(capsys):
-    assert nb10.commit_held_out_prediction("(b)") == "b"
+def test_upside_down_prediction_commit_and_reveal(capsys):
+    assert nb10.commit_upside_down_prediction("c") == "c"
     with pytest.raises(ExerciseError, match="commit to an answer first"):
-        nb10.commit_held_out_prediction(None)
+        nb10.commit_upside_down_prediction(None)
     with pytest.raises(ExerciseError, match="not one of the choices"):
-        nb10.commit_held_out_prediction("upside-down")
-    # the truth comes from the two measurements, never typed in
-    assert nb10.held_out_truth(digit=0.0, upside_down=1.0) == "b"
-    assert nb10.held_out_truth(digit=0.8, upside_down=0.9) == "a"
-    assert nb10.held_out_truth(digit=0.5, upside_down=0.5) == "a"
-    assert nb10.held_out_truth(digit=0.0, upside_down=0.1) == "c"
-    assert nb10.held_out_truth(digit=0.9, upside_down=0.2) == "c"
+        nb10.commit_upside_down_prediction("seven")
+    # the truth comes from the measured share, never typed in
+    assert [nb10.upside_down_truth(v) for v in (1.0, 0.61, 0.6, 0.2, 0.19, 0.0)] == ["a", "a", "b", "b", "c", "c"]
     capsys.readouterr()
-    assert nb10.reveal_held_out("b", 0.0, 1.0) is True
+    assert nb10.reveal_upside_down("c", 0.0, "six") is True
     out = capsys.readouterr().out
-    assert "Right" in out and "100% judged upside-down" in out and "Why:" in out
-    for wrong in ("a", "c"):   # both wrong predictions are said to be wrong, with the reasoning
-        assert nb10.reveal_held_out(wrong, 0.0, 1.0) is False
+    assert "Right" in out and "0%" in out and '"six"' in out and "Why:" in out
+    for wrong in ("a", "b"):   # both wrong predictions are said to be wrong, with the reasoning
+        assert nb10.reveal_upside_down(wrong, 0.0) is False
         out = capsys.readouterr().out
-        assert "Not what happened" in out and "new shape" in out
+        assert "Not what happened" in out and "new one" in out
+    assert nb10.reveal_upside_down("a", 0.9) is True

@@ -26,7 +26,7 @@ def diffusion():
 
 
 def three_classes():
-    """Three overlapping isotropic classes (the toy of notebook 07)."""
+    """Three overlapping isotropic classes (the toy of notebook 08)."""
     return GaussianMixture([1.0, 1.0, 1.0], [[-0.6, -0.35], [0.6, -0.35], [0.0, 0.7]], stds=0.3)
 
 

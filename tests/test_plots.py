@@ -141,7 +141,7 @@ def test_fig_to_png_and_new_figure():
     assert img.shape[:2] == (50, 100)
 
 
-# -- latent diffusion (notebook 08) --------------------------------------------------------------------------------
+# -- latent diffusion (notebook 09) --------------------------------------------------------------------------------
 
 def test_plot_latent_channels_one_row_per_image_and_a_column_per_channel():
     z = torch.randn(3, 4, 7, 7)
@@ -164,7 +164,7 @@ def test_plot_signal_fraction_curves():
     plt.close("all")
 
 
-# -- CLIP (notebook 09) ----------------------------------------------------------------------------------------------
+# -- CLIP (notebook 10) ----------------------------------------------------------------------------------------------
 
 def test_show_captioned_images_one_axes_per_image_with_its_caption():
     x = torch.rand(5, 1, 8, 8) * 2 - 1

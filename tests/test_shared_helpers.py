@@ -143,4 +143,4 @@ def test_one_table_of_sampler_names_and_colours():
     for key, style in styles.items():
         assert SamplerExplorer.CHOICES[key][0] == style["label"]
         assert SamplerExplorer.COLORS[key] == plots.SAMPLER_COLORS[style["name"]] == style["color"]
-    assert plots.SAMPLER_COLORS["DDIM η=1"] == "#9467bd"  # the names notebook 06's benchmark rows use
+    assert plots.SAMPLER_COLORS["DDIM η=1"] == "#9467bd"  # the names notebook 07's benchmark rows use

@@ -1,4 +1,4 @@
-"""GuidanceExplorer (notebooks 04 and 07), driven headlessly: slider moves change the PNG, reuse the cache and
+"""GuidanceExplorer (notebooks 05 and 08), driven headlessly: slider moves change the PNG, reuse the cache and
 never create pyplot figures."""
 
 import matplotlib

@@ -1,4 +1,4 @@
-"""Img2ImgExplorer (notebook 08), driven headlessly: the slider swaps precomputed SDEdit results in place, uses
+"""Img2ImgExplorer (notebook 09), driven headlessly: the slider swaps precomputed SDEdit results in place, uses
 the same noise at every strength, matches `editing`/`latent`'s img2img, and never creates pyplot figures."""
 
 import matplotlib

@@ -1,4 +1,4 @@
-"""PromptExplorer (notebook 10), driven headlessly: typing a prompt, moving w, changing the sampler, the steps or
+"""PromptExplorer (notebook 11), driven headlessly: typing a prompt, moving w, changing the sampler, the steps or
 the seed redraws the images in place (the pipeline's own output for those settings); an unknown word puts the
 text encoder's message in the info line instead of raising; no pyplot figure is created."""
 

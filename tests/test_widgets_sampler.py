@@ -1,4 +1,4 @@
-"""SamplerExplorer (notebook 06), driven headlessly: choices change the PNG, reuse the cache, time every run,
+"""SamplerExplorer (notebook 07), driven headlessly: choices change the PNG, reuse the cache, time every run,
 start every sampler from the same x_T and never create pyplot figures."""
 
 import matplotlib

@@ -1,362 +1,364 @@
-"""Checks for notebook 04 (class conditioning and classifier-free guidance).
+"""Checks for notebook 04, "The training loop".
 
-Exercises:
-    1. `check_guided_eps(guided_eps)`: ε̃ = (1 + w) ε_θ(x_t, c) − w ε_θ(x_t, ∅)  (Ho & Salimans 2021, eq. 6),
-       compared with what `GaussianDiffusion.model_output` does inside every sampler.
-    2. `check_drop_labels(drop_labels)`: label dropout, replacing each label by the null class (index
-       `num_classes`) with probability p, as the trainer does to teach one network both ε_θ(x, c) and ε_θ(x, ∅).
-    3. `check_cfg_loss(cfg_loss)`: the conditional training loss with label dropout,
-       cfg_loss(model, diffusion, x0, y, p_uncond, generator) -> a scalar: drop labels to the null class with
-       probability p_uncond, then the batch mean of `diffusion.training_losses(...)["loss"]` with the dropped
-       labels. Checked through a recording model (what labels, timesteps and noisy inputs it was given) against
-       `GaussianDiffusion.training_losses` on exactly those inputs; notebook 04 then trains a class-conditional
-       2D model with the learner's function and samples it with the learner's `guided_eps`.
-    Predict, then run: `LABEL_EFFECT_CHOICES`, `commit_label_effect_prediction(p)` before the measurement of how
-       much the label changes the model's guess x̂_0 at each t, `reveal_label_effect(p, ts, effect)` after it.
+Exercises (the notebook numbers them: 1 = `check_training_step`, in §1 where the loop uses it; 2–4 = the others):
+    1. `check_simple_loss`: one training step's loss by hand: perturb x_0 to x_t with ε (eq. 4), ask the model
+       for ε_θ(x_t, t, y), and average ‖ε − ε_θ‖² (L_simple, Ho et al. 2020, eq. 14; Algorithm 1, line 5).
+    2. `check_ema_update`: one exponential-moving-average update of the weights, shadow ← d·shadow + (1−d)·θ.
+    3. `check_ema_warmup`: the warm-up of the EMA decay, d_k = min(decay, (1 + k)/(warmup + k)).
+    4. `check_training_step`: one whole training step, fn(model, opt, diffusion, x0, y, t, noise) -> the batch's
+       loss as a float (steps 4–7 of the recipe: x_t, ε̂, L_simple, zero_grad / backward / step); the notebook's
+       first training loop then runs with the learner's function.
+    Predict, then run: `FIRST_LOSS_CHOICES`, `commit_first_loss_prediction(p)` before the `Trainer` run,
+       `reveal_first_loss(p, first_loss, diffusion)` after it: where does the logged loss start?
 
-Every reference is computed by the package at check time, never typed in. The planted mistakes each check names:
-the guidance-scale form, swapped branches; the null class as 0, −1 or the last digit, the mask inverted, the input
-modified in place, float labels, the generator ignored; for the loss, no dropout, a fixed p, the whole batch
-dropped at once, the clean images or one timestep for the whole batch given to the model, the sum instead of the
-mean, the unweighted ε-MSE instead of the diffusion's (min-SNR-weighted) loss, a float or a per-example vector
-returned, the loss computed without gradient.
+References are computed by the package (`GaussianDiffusion.training_losses`, `ema.EMA`, `losses.min_snr_weight`);
+each planted mistake (no backward, no optimiser step, step before backward, gradients accumulated without
+zero_grad, the wrong target or input, the sum instead of the mean, the labels left out, a tensor returned that
+keeps its graph) gets a message naming it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn as nn
 
-from . import ExerciseError, as_tensor, call_answer, commit_choice, passed, reveal_choice
+from ..diffusion import GaussianDiffusion
+from ..ema import EMA
+from . import ExerciseError, as_tensor, call_answer, commit_choice, expect_close, passed, reveal_choice
 
-__all__ = ["check_guided_eps", "check_drop_labels", "check_cfg_loss", "TinyConditionalNet", "LABEL_EFFECT_CHOICES",
-           "commit_label_effect_prediction", "label_effect_truth", "reveal_label_effect"]
+__all__ = ["check_simple_loss", "check_ema_update", "check_ema_warmup", "TinyEpsModel", "check_training_step",
+           "FIRST_LOSS_CHOICES", "commit_first_loss_prediction", "first_loss_truth", "reveal_first_loss"]
 
 
-class TinyConditionalNet(nn.Module):
-    """A stand-in class-conditional "network" ε(x, t, y) for checks: cheap, deterministic, and different for
-    every label (so mixing up ε_c and ε_∅ shows). Label `num_classes` is the null class."""
+class TinyEpsModel(nn.Module):
+    """A small deterministic class-conditional network `model(x, t, y)` whose output depends on x, t and y: just
+    enough for the checks to tell a right loss from a wrong one."""
 
-    def __init__(self, num_classes: int = 10, dim: int = 8, seed: int = 0):
+    def __init__(self, channels: int = 1, num_classes: int = 10, seed: int = 0):
         super().__init__()
-        g = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
         self.num_classes = num_classes
-        self.config = {"num_classes": num_classes, "dim": dim, "seed": seed}
-        self.register_buffer("class_shift", torch.randn(num_classes + 1, dim, generator=g))
-        self.register_buffer("mix", torch.randn(dim, dim, generator=g) / math.sqrt(dim))
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.class_bias = nn.Embedding(num_classes + 1, channels)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
 
     def forward(self, x, t, y=None):
         if y is None:
-            y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long)
-        flat = x.reshape(x.shape[0], -1)
-        out = torch.tanh(flat @ self.mix) + self.class_shift[y] * (1 + t.float()[:, None] / 1000)
-        return out.reshape(x.shape)
+            y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        scale = 1.0 + t.float().reshape(-1, 1, 1, 1) / 1000.0
+        return torch.tanh(self.conv(x)) * scale + self.class_bias(y)[:, :, None, None]
 
 
-# -- exercise 1: the guided ε ----------------------------------------------------------------------------------
+# -- exercise 1: L_simple by hand -----------------------------------------------------------------------------
 
-def check_guided_eps(guided_eps) -> None:
-    """`guided_eps(eps_cond, eps_uncond, w)` must return (1 + w)·eps_cond − w·eps_uncond.
 
-    The reference is `GaussianDiffusion.model_output(..., guidance=w)` on a small conditional network, so the
-    check tests your formula against the one every sampler in the package uses.
+def check_simple_loss(fn) -> None:
+    """`fn(model, x0, t, noise, alphas_cumprod, y)` must return the batch mean of ‖ε − ε_θ(x_t, t, y)‖² / D,
+    with x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε: a 0-d tensor that gradients flow through (eq. 14).
+
+    Compared with `GaussianDiffusion.training_losses(model, x0, t, noise, y)["loss"].mean()`.
     """
-    from ..diffusion import GaussianDiffusion, null_labels
-
-    diffusion = GaussianDiffusion("linear", timesteps=1000)
-    net = TinyConditionalNet()
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(6, 8, generator=g)
-    t = torch.randint(0, 1000, (6,), generator=g)
-    y = torch.arange(6) % 10
-    eps_c, eps_u = net(x, t, y), net(x, t, null_labels(net, y))
-    weights = (0.0, 1.0, 3.0, 7.5)
-    answers, refs = [], []
-    for w in weights:
-        got = as_tensor(call_answer(guided_eps, "guided_eps", eps_c, eps_u, w), "guided_eps(eps_cond, eps_uncond, w)")
-        ref = diffusion.model_output(net, x, t, y, guidance=w).double()
-        if got.shape != ref.shape:
-            raise ExerciseError(f"guided_eps returned shape {tuple(got.shape)}, expected the shape of eps_cond "
-                                f"{tuple(ref.shape)}")
-        answers.append(got)
-        refs.append(ref)
-
-    def matches(form) -> bool:
-        return all(torch.allclose(a, form(w).double(), rtol=1e-5, atol=1e-6) for a, w in zip(answers, weights))
-
-    if matches(lambda w: (1 + w) * eps_c - w * eps_u):
-        passed("ε̃ = (1 + w) ε_c − w ε_∅ matches GaussianDiffusion.model_output for w = 0, 1, 3, 7.5.")
-        return
-    if matches(lambda w: eps_u + w * (eps_c - eps_u)):
-        raise ExerciseError("you returned eps_uncond + w·(eps_cond − eps_uncond): that is the 'guidance scale' "
-                            "form with s = w. In this package w = s − 1, i.e. (1 + w)·eps_cond − w·eps_uncond "
-                            "(w = 0 must give eps_cond).")
-    if matches(lambda w: (1 + w) * eps_u - w * eps_c):
-        raise ExerciseError("the conditional and unconditional predictions are swapped: guidance pushes "
-                            "*towards* the class, away from the unconditional prediction.")
-    if not torch.allclose(answers[0], eps_c.double(), rtol=1e-5, atol=1e-6):
-        raise ExerciseError("with w = 0 guidance is off: the guided ε must equal eps_cond exactly. Check "
-                            "which of the two predictions your formula keeps when w = 0.")
-    for a, r, w in zip(answers, refs, weights):
-        if not torch.allclose(a, r, rtol=1e-5, atol=1e-6):
-            raise ExerciseError(f"at w = {w} the guided ε differs from (1 + w)·eps_cond − w·eps_uncond by up to "
-                                f"{(a - r).abs().max().item():.3g}.")
-    raise ExerciseError("your guided ε does not match (1 + w)·eps_cond − w·eps_uncond.")
-
-
-# -- exercise 2: label dropout ---------------------------------------------------------------------------------
-
-def check_drop_labels(drop_labels) -> None:
-    """`drop_labels(y, p, num_classes, generator)` replaces each label by `num_classes` with probability p.
-
-    Checked: shape and integer dtype kept; kept labels unchanged; dropped labels equal the null class index;
-    the input tensor is not modified; p = 0 drops nothing, p = 1 drops everything; the dropped fraction on
-    20 000 labels is within 5 standard deviations of p; the draw depends on the generator.
-    """
-    num_classes = 10
-    n = 20_000
-    y = torch.arange(n) % num_classes
-    for p in (0.1, 0.3):
-        y_in = y.clone()
-        out = call_answer(drop_labels, "drop_labels", y_in, p, num_classes, torch.Generator().manual_seed(1))
-        if not torch.is_tensor(out):
-            raise ExerciseError(f"drop_labels should return a tensor, got {type(out).__name__}")
-        if not torch.equal(y_in, y):
-            raise ExerciseError("drop_labels modified its input `y` in place: return a new tensor (e.g. with "
-                                "torch.where) so the dataset's labels stay intact.")
-        if out.shape != y.shape:
-            raise ExerciseError(f"drop_labels returned shape {tuple(out.shape)}, expected {tuple(y.shape)}")
-        if out.is_floating_point() or out.dtype == torch.bool:
-            raise ExerciseError(f"labels must stay integers (torch.long) for nn.Embedding, got dtype {out.dtype}")
-        changed = out != y
-        if changed.any():
-            vals = torch.unique(out[changed]).tolist()
-            if vals != [num_classes]:
-                hint = ""
-                if num_classes - 1 in vals:
-                    hint = (f" {num_classes - 1} is the last real class (the digit {num_classes - 1}); the null class "
-                            f"is the extra index num_classes = {num_classes}.")
-                elif 0 in vals or -1 in vals:
-                    hint = f" The null class is the extra embedding row num_classes = {num_classes}, not 0 or −1."
-                raise ExerciseError(f"dropped labels must become the null class {num_classes}, got values {vals}."
-                                    + hint)
-        frac = (out == num_classes).double().mean().item()
-        sd = math.sqrt(p * (1 - p) / n)
-        if abs(frac - p) > 5 * sd:
-            hint = " (that is about 1 − p: is your comparison the wrong way round?)" if abs(frac - (1 - p)) < 5 * sd \
-                else ""
-            raise ExerciseError(f"with p = {p} you dropped a fraction {frac:.3f} of the labels, expected about "
-                                f"{p} ± {2 * sd:.3f}{hint}.")
-    none = call_answer(drop_labels, "drop_labels", y.clone(), 0.0, num_classes, torch.Generator().manual_seed(2))
-    if not torch.equal(torch.as_tensor(none), y):
-        raise ExerciseError("with p = 0 no label may be dropped.")
-    all_ = call_answer(drop_labels, "drop_labels", y.clone(), 1.0, num_classes, torch.Generator().manual_seed(2))
-    if not bool((torch.as_tensor(all_) == num_classes).all()):
-        raise ExerciseError("with p = 1 every label must become the null class.")
-    a = call_answer(drop_labels, "drop_labels", y.clone(), 0.5, num_classes, torch.Generator().manual_seed(3))
-    b = call_answer(drop_labels, "drop_labels", y.clone(), 0.5, num_classes, torch.Generator().manual_seed(3))
-    c = call_answer(drop_labels, "drop_labels", y.clone(), 0.5, num_classes, torch.Generator().manual_seed(4))
-    if not torch.equal(a, b) or torch.equal(a, c):
-        raise ExerciseError("draw the dropout mask from the `generator` argument (e.g. torch.rand(..., "
-                            "generator=generator)) so that runs are reproducible.")
-    passed(f"each label becomes the null class {num_classes} with probability p; the rest are untouched.")
-
-
-# -- exercise 3: the conditional training loss with label dropout ---------------------------------------------------
-
-class _RecordingNet(nn.Module):
-    """Wraps a conditional network and records every call (x_t, t, y); one learnable gain (1.0) so that the
-    loss has a gradient, as a real network's would."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-        self.num_classes = inner.num_classes
-        self.config = dict(inner.config)
-        self.gain = nn.Parameter(torch.ones((), dtype=torch.float64))
-        self.calls = []
-
-    def forward(self, x, t, y=None):
-        self.calls.append((x.detach().clone(), t.detach().clone() if torch.is_tensor(t) else t,
-                           None if y is None else torch.as_tensor(y).detach().clone()))
-        return self.inner(x, t, y) * self.gain
-
-
-def _loss_setup(n: int = 600, seed: int = 0):
-    from ..diffusion import GaussianDiffusion
-
-    diffusion = GaussianDiffusion("linear", timesteps=1000, min_snr_gamma=5.0)   # weighted, as the Trainer's
-    inner = TinyConditionalNet(seed=3).double()
-    g = torch.Generator().manual_seed(100 + seed)
-    x0 = torch.rand(n, 8, generator=g, dtype=torch.float64) * 2 - 1
-    y = torch.arange(n) % inner.num_classes
-    return diffusion, inner, x0, y
-
-
-def _run_loss(cfg_loss, p: float, seed: int, n: int = 600):
-    """Call the learner's loss on a fresh recording network; returns what it returned, the recorder, inputs."""
-    diffusion, inner, x0, y = _loss_setup(n, seed)
-    net = _RecordingNet(inner)
-    y_in = y.clone()
-    got = call_answer(cfg_loss, "cfg_loss", net, diffusion, x0.clone(), y_in, p, torch.Generator().manual_seed(seed))
-    if not torch.equal(y_in, y):
-        raise ExerciseError("cfg_loss changed the labels `y` in place: build a new tensor for the dropped labels "
-                            "(e.g. with torch.where), so the dataset's labels stay intact.")
-    return got, net, diffusion, inner, x0, y
-
-
-def _as_loss(got, n: int) -> torch.Tensor:
-    if isinstance(got, dict):
-        raise ExerciseError("cfg_loss returned the dict of `diffusion.training_losses`: return the scalar loss, "
-                            "its [\"loss\"] entry averaged over the batch (…[\"loss\"].mean()).")
+    diffusion = GaussianDiffusion("linear", 1000)
+    model = TinyEpsModel()
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.rand(8, 1, 8, 8, generator=gen) * 2 - 1
+    noise = torch.randn(8, 1, 8, 8, generator=gen)
+    t = torch.tensor([0, 3, 50, 200, 400, 600, 800, 999], dtype=torch.long)
+    y = torch.arange(8, dtype=torch.long) % 10
+    ab = diffusion.schedule.alphas_cumprod.to(torch.float32)
+    got = call_answer(fn, "l_simple", model, x0.clone(), t.clone(), noise.clone(), ab.clone(), y.clone())
     if not torch.is_tensor(got):
-        if isinstance(got, (float, int)):
-            raise ExerciseError("cfg_loss returned a Python number: return the loss tensor itself (no .item()), "
-                                "so that the training loop can call loss.backward() on it.")
-        raise ExerciseError(f"cfg_loss should return a scalar tensor, got {type(got).__name__}")
-    if got.numel() == n:
-        raise ExerciseError(f"cfg_loss returned one loss per example (shape {list(got.shape)}): average them over "
-                            f"the batch (.mean()) to get the scalar the optimiser minimises.")
-    if got.numel() != 1:
-        raise ExerciseError(f"cfg_loss should return a scalar tensor, got shape {list(got.shape)}")
+        raise ExerciseError(f"return the loss as a torch tensor (a float cannot be back-propagated), got "
+                            f"{type(got).__name__}: did you call .item()?")
+    if got.ndim != 0:
+        raise ExerciseError(f"the loss should be one number (a 0-d tensor), got shape {tuple(got.shape)}: take the "
+                            f"mean over the batch too.")
     if not got.requires_grad:
-        raise ExerciseError("the loss has no gradient: do not compute it under torch.no_grad() or .detach() it; "
-                            "the training loop calls loss.backward() on what you return.")
-    return got.detach().double().reshape(())
+        raise ExerciseError("the loss does not require grad: compute it from the model's output, outside "
+                            "torch.no_grad(), without .detach().")
+    value = as_tensor(got, "loss")
+    with torch.no_grad():
+        reference = diffusion.training_losses(model, x0, t=t, noise=noise, y=y)["loss"].mean().double()
+        a = ab[t].reshape(-1, 1, 1, 1)
+
+        def mse(xt, target, yy=y, tt=t):
+            return ((model(xt, tt, yy) - target) ** 2).mean().double()
+
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        mistakes = [
+            (mse(a * x0 + (1 - a) * noise, noise), "x_t uses square roots: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (eq. 4)."),
+            (mse(xt, x0), "the target of an ε-model is the noise ε, not x_0."),
+            (mse(x0, noise), "the model must see the noisy x_t, not the clean x_0."),
+            (mse(noise, noise), "the model must see the noisy x_t, not the noise itself."),
+            (mse(xt, noise, yy=None), "pass the class labels y to the model: model(x_t, t, y)."),
+            (((model(xt, t, y) - noise) ** 2).sum().double(), "use the mean of the squared error, not the sum."),
+            (((model(xt, t, y) - noise) ** 2).sum(dim=(1, 2, 3)).mean().double(),
+             "average over the pixels too (the package's loss is the mean over all dimensions)."),
+            (((model(xt, t, y) - noise).abs()).mean().double(), "that is an L1 loss: square the error."),
+        ]
+        t1 = torch.clamp(t + 1, max=999)
+        a1 = ab[t1].reshape(-1, 1, 1, 1)
+        mistakes.append((mse(a1.sqrt() * x0 + (1 - a1).sqrt() * noise, noise),
+                         "off by one: index ᾱ with t itself (0-based), not t + 1."))
+    for wrong, message in mistakes:
+        if torch.allclose(value, wrong, rtol=1e-4, atol=1e-7) and not torch.allclose(wrong, reference, rtol=1e-6):
+            raise ExerciseError(message)
+    expect_close(value, reference, "loss", rtol=1e-4, atol=1e-6,
+                 hint="x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, then mean((model(x_t, t, y) − ε)²).")
+    passed(f"your L_simple ({float(value):.4f}) equals GaussianDiffusion('linear', 1000).training_losses(...)"
+           f"['loss'].mean() (unweighted: min_snr_gamma=None).")
 
 
-def _check_call(net, diffusion, x0, y, p: float) -> tuple:
-    """The single forward pass: noisy inputs, one t per example, labels kept or set to the null class."""
-    K = net.num_classes
-    if not net.calls:
-        raise ExerciseError("the model was never called: the loss compares its prediction for the noisy batch "
-                            "with the noise (diffusion.training_losses(model, x0, y=..., generator=...) does both).")
-    if len(net.calls) > 1:
-        raise ExerciseError(f"the model was called {len(net.calls)} times: training needs one forward pass, with "
-                            f"the labels after dropout (guidance's two branches are for sampling, not training).")
-    x_t, t, y_seen = net.calls[0]
-    if y_seen is None:
-        raise ExerciseError("the model was called without labels: pass the labels after dropout (y=...).")
-    if not torch.is_tensor(t) or t.shape != (len(x0),):
-        raise ExerciseError("the model should get one timestep per example (a long tensor of shape [B]).")
-    if torch.allclose(x_t, x0):
-        raise ExerciseError("the model was given the clean images x0: it learns to denoise x_t = q_sample(x0, t, "
-                            "noise), which diffusion.training_losses forms for you.")
-    if int(t.unique().numel()) == 1:
-        raise ExerciseError(f"every example got the same timestep t = {int(t[0])}: draw one t per example "
-                            f"(diffusion.training_losses does, if you do not pass t).")
-    changed = y_seen != y
-    if changed.any():
-        vals = torch.unique(y_seen[changed]).tolist()
-        if vals != [K]:
-            hint = (f" {K - 1} is the last real class; the null class is the extra index num_classes = {K}."
-                    if K - 1 in vals else f" The null class is the extra embedding row num_classes = {K}, "
-                                          f"model.num_classes.")
-            raise ExerciseError(f"dropped labels must become the null class {K}, the model got values {vals}." + hint)
-    return x_t, t, y_seen
+# -- exercise 2: one EMA update -------------------------------------------------------------------------------
 
 
-def check_cfg_loss(cfg_loss) -> None:
-    """`cfg_loss(model, diffusion, x0, y, p_uncond, generator)` must return the batch mean of
-    `diffusion.training_losses(model, x0, y=ỹ, …)["loss"]`, ỹ being y with each label replaced by the null class
-    `model.num_classes` with probability p_uncond, all random numbers from `generator`."""
-    p, n, runs = 0.3, 600, 5
-    fractions, losses = [], []
-    for seed in range(runs):
-        got, net, diffusion, inner, x0, y = _run_loss(cfg_loss, p, seed, n)
-        loss = _as_loss(got, n)
-        x_t, t, y_seen = _check_call(net, diffusion, x0, y, p)
-        fractions.append(float((y_seen == net.num_classes).double().mean()))
-        # the noise the learner's code used, read back from x_t = √ᾱ x0 + √(1 − ᾱ) ε
-        a = diffusion.schedule.alphas_cumprod.double()[t].reshape(-1, 1)
-        noise = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+def _pair(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.SiLU(), nn.Linear(8, 3))
+    shadow = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+        for p in shadow.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    shadow.requires_grad_(False)
+    return shadow, model
+
+
+def check_ema_update(fn) -> None:
+    """`fn(shadow, model, decay)` must update `shadow`'s parameters in place to d·shadow + (1 − d)·model and
+    leave `model` unchanged. Compared with `ddpm_lite.ema.EMA.update` (without warm-up)."""
+    decay = 0.9
+    shadow, model = _pair()
+    model_before = copy.deepcopy(model.state_dict())
+    shadow_before = copy.deepcopy(shadow.state_dict())
+    reference = EMA(shadow, decay=decay, warmup=None)  # copies `shadow` as it is now
+    reference.update(model)
+    call_answer(fn, "ema_update", shadow, model, decay)
+    for name, p in model.state_dict().items():
+        if not torch.equal(p, model_before[name]):
+            raise ExerciseError(f"the model's weights changed ({name}): only the shadow copy may be updated.")
+    ref_state = reference.module.state_dict()
+    for name, p in shadow.state_dict().items():
+        got, ref = p.double(), ref_state[name].double()
+        old, new = shadow_before[name].double(), model_before[name].double()
+        if torch.equal(got, old):
+            raise ExerciseError(f"the shadow's {name} did not change: update its parameters in place "
+                                f"(e.g. `s.mul_(d).add_(p, alpha=1 - d)` or `s.lerp_(p, 1 - d)` under torch.no_grad()).")
+        if torch.allclose(got, new):
+            raise ExerciseError("the shadow became a copy of the model: it should move only a fraction 1 − d towards it.")
+        if torch.allclose(got, (1 - decay) * old + decay * new, rtol=1e-5):
+            raise ExerciseError("d and 1 − d are swapped: the *old shadow* keeps the big weight d "
+                                "(shadow ← d·shadow + (1 − d)·θ).")
+        expect_close(got, ref, f"shadow.{name}", rtol=1e-5, atol=1e-7,
+                     hint="shadow ← d·shadow + (1 − d)·θ for every parameter.")
+    passed(f"one update moved each shadow weight 1 − d = {1 - decay:.1f} of the way towards the model, as EMA.update.")
+
+
+# -- exercise 3: the EMA warm-up ------------------------------------------------------------------------------
+
+
+def check_ema_warmup(fn) -> None:
+    """`fn(step, decay, warmup)` must return min(decay, (1 + step) / (warmup + step)) (a float), as
+    `EMA.current_decay` (TensorFlow's `num_updates` schedule)."""
+    for decay, warmup in ((0.9999, 10), (0.999, 10), (0.99, 5)):
+        ref_ema = EMA(nn.Linear(1, 1), decay=decay, warmup=warmup)
+        for step in (0, 1, 8, 80, 890, 10_000, 1_000_000):
+            got = call_answer(fn, "ema_decay", step, decay, warmup)
+            got_t = as_tensor(got, "decay")
+            if got_t.numel() != 1:
+                raise ExerciseError(f"return one number, got shape {tuple(got_t.shape)}")
+            ref = ref_ema.current_decay(step)
+            value = float(got_t)
+            if step == 0 and abs(value - decay) < 1e-12:
+                raise ExerciseError("at step 0 the decay should be small (1/warmup), not the full decay: that is the "
+                                    "point of the warm-up.")
+            if abs(value - (1 + step) / (warmup + step)) < 1e-12 and abs(value - ref) > 1e-12:
+                raise ExerciseError(f"cap the decay at `decay` = {decay}: at step {step} the warm-up formula alone gives "
+                                    f"{value:.6f}.")
+            if abs(value - ref) > 1e-9:
+                raise ExerciseError(f"at step {step} (decay {decay}, warmup {warmup}) expected {ref:.6f}, got {value:.6f}. "
+                                    f"Hint: min(decay, (1 + step) / (warmup + step)).")
+    full = full_decay_step(0.9999, 10)
+    passed(f"your warm-up gives 0.1 at step 0, 0.5 at step 8, 0.9 at step 80 and reaches the full decay 0.9999 only "
+           f"at step {full:,} (≈ 9·10⁴; (1 + k)/(10 + k) ≥ d from k = (10d − 1)/(1 − d) on), as EMA.current_decay.")
+
+
+def full_decay_step(decay: float, warmup: int) -> int:
+    """The first update k at which the warm-up reaches the full decay: (1 + k)/(warmup + k) ≥ decay, i.e.
+    k ≥ (warmup·decay − 1)/(1 − decay); found exactly with `EMA.current_decay` (89 990 for 0.9999 and 10)."""
+    ema = EMA(nn.Linear(1, 1), decay=decay, warmup=warmup)
+    k = max(0, math.floor((warmup * decay - 1) / (1 - decay)) - 2)   # just below the closed form; step up
+    while ema.current_decay(k) < decay:
+        k += 1
+    return k
+
+
+# -- exercise 4: one whole training step, used by the notebook's first loop -----------------------------------------
+
+_STEP_LR = 0.1
+
+
+def _step_batch(k: int, T: int = 1000):
+    gen = torch.Generator().manual_seed(40 + k)
+    x0 = torch.rand(8, 1, 8, 8, generator=gen) * 2 - 1
+    noise = torch.randn(8, 1, 8, 8, generator=gen)
+    t = torch.randint(0, T, (8,), generator=gen)
+    t[0], t[1] = 0, T - 1
+    y = torch.randint(0, 10, (8,), generator=gen)
+    return x0, y, t, noise
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _close_params(a, b, rtol=1e-4, atol=1e-6) -> bool:
+    return all(x.shape == y.shape and torch.allclose(x, y, rtol=rtol, atol=atol) for x, y in zip(a, b))
+
+
+def _sgd_candidate(model, start, loss_fn, lr=_STEP_LR):
+    """The weights after one plain SGD step from `start` on `loss_fn(model copy)`, and that loss's value."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, s in zip(m.parameters(), start):
+            p.copy_(s)
+    loss = loss_fn(m)
+    grads = torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)
+    new = [s - lr * (g if g is not None else torch.zeros_like(s)) for s, g in zip(start, grads)]
+    return new, [g if g is not None else torch.zeros_like(s) for s, g in zip(start, grads)], float(loss.detach())
+
+
+def _step_losses(diffusion, x0, y, t, noise):
+    """{name: (loss_fn(model), message)}: the right loss first, then the typical wrong ones."""
+    ab = diffusion.schedule.alphas_cumprod.to(torch.float32)
+    a = ab[t].reshape(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    t1 = torch.clamp(t + 1, max=len(ab) - 1)
+    a1 = ab[t1].reshape(-1, 1, 1, 1)
+    return {
+        "right": (lambda m: ((m(xt, t, y) - noise) ** 2).mean(), ""),
+        "target_x0": (lambda m: ((m(xt, t, y) - x0) ** 2).mean(),
+                      "the loss compares ε̂ with x_0: the target of an ε-model is the noise ε."),
+        "clean_input": (lambda m: ((m(x0, t, y) - noise) ** 2).mean(),
+                        "the model was given the clean x_0: it must see the noisy x_t = q_sample(x0, t, noise)."),
+        "no_sqrt": (lambda m: ((m(a * x0 + (1 - a) * noise, t, y) - noise) ** 2).mean(),
+                    "x_t uses square roots: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (or diffusion.q_sample(x0, t, noise))."),
+        "no_labels": (lambda m: ((m(xt, t) - noise) ** 2).mean(),
+                      "the labels are missing: call model(x_t, t, y), the U-Net is class-conditional."),
+        "sum": (lambda m: ((m(xt, t, y) - noise) ** 2).sum(),
+                "the loss is the sum of the squared errors: take the mean (F.mse_loss), or the step size grows "
+                "with the batch and the image size."),
+        "off_by_one": (lambda m: ((m(a1.sqrt() * x0 + (1 - a1).sqrt() * noise, t, y) - noise) ** 2).mean(),
+                       "off by one: x_t must be made with ᾱ[t] itself (t is 0-based), not ᾱ[t + 1]."),
+    }
+
+
+def check_training_step(fn) -> None:
+    """`fn(model, opt, diffusion, x0, y, t, noise)` must take one optimiser step on the batch's L_simple,
+    mean((model(x_t, t, y) − ε)²) with x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, and return that loss (measured before the step)
+    as a float. Called twice in a row with a small class-conditional model and plain SGD (lr 0.1), each call's
+    weights compared with one SGD step of `GaussianDiffusion.training_losses(...)["loss"].mean()`."""
+    diffusion = GaussianDiffusion("linear", 1000)
+    model = TinyEpsModel(seed=5)
+    opt = torch.optim.SGD(model.parameters(), lr=_STEP_LR)
+    for k in range(2):
+        x0, y, t, noise = _step_batch(k)
+        start = _params(model)
+        grads_before = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
         with torch.no_grad():
-            per = diffusion.training_losses(inner, x0, t=t, noise=noise, y=y_seen)["loss"]
-            raw = ((inner(x_t, t, y_seen) - noise) ** 2).mean(1)
-        ref = per.mean()
-        losses.append(loss)
-        if torch.isclose(loss, ref, rtol=1e-6, atol=1e-10):
-            continue
-        if torch.isclose(loss, per.sum(), rtol=1e-6):
-            raise ExerciseError("that is the sum of the per-example losses: take the mean over the batch, so the "
-                                "step size does not depend on the batch size.")
-        if torch.isclose(loss, raw.mean(), rtol=1e-6):
-            raise ExerciseError("that is the unweighted ε-MSE. This diffusion (like the Trainer's) weights each "
-                                "example by min-SNR-γ: use diffusion.training_losses(model, x0, y=..., "
-                                "generator=...)[\"loss\"].mean(), which applies the weights.")
-        raise ExerciseError(f"the loss is {loss.item():.6g}, but the model's prediction for the inputs it was given "
-                            f"gives {ref.item():.6g} with diffusion.training_losses.")
-    total = sum(fractions) / runs
-    sd = math.sqrt(p * (1 - p) / (n * runs))
-    if all(f in (0.0, 1.0) for f in fractions) and any(f == 1.0 for f in fractions):
-        raise ExerciseError("you dropped the labels of the whole batch at once (all or none): draw the dropout "
-                            "independently for every example, torch.rand(B, generator=generator) < p_uncond.")
-    if total == 0.0:
-        raise ExerciseError("no label was ever replaced by the null class: apply label dropout (your drop_labels "
-                            "from exercise 2) before computing the loss, or ε_θ(x, ∅) is never trained.")
-    if abs(total - p) > 5 * sd:
-        if abs(total - (1 - p)) < 5 * sd:
-            raise ExerciseError(f"with p_uncond = {p} you dropped {total:.0%} of the labels, about 1 − p: the "
-                                f"comparison is the wrong way round (drop where rand < p_uncond).")
-        if abs(total - 0.1) < 5 * math.sqrt(0.09 / (n * runs)):
-            raise ExerciseError(f"with p_uncond = {p} you dropped {total:.0%} of the labels: use the argument "
-                                f"p_uncond, not a fixed 0.1.")
-        raise ExerciseError(f"with p_uncond = {p} you dropped {total:.1%} of the labels, expected about {p:.0%}.")
-    # reproducible: the same generator seed gives the same loss, another seed another loss
-    again = _as_loss(_run_loss(cfg_loss, p, 0, n)[0], n)
-    if not torch.isclose(again, losses[0], rtol=1e-9, atol=1e-12) or torch.isclose(losses[0], losses[1]):
-        raise ExerciseError("draw all the randomness (the dropout mask, t and the noise) from `generator`, so a "
-                            "training run is reproducible: pass generator=generator to torch.rand and to "
-                            "diffusion.training_losses.")
-    passed(f"labels dropped to the null class with probability p_uncond (measured {total:.1%} for p = {p}), one "
-           f"forward pass on the noisy batch, the batch mean of the diffusion's (min-SNR-weighted) loss. The "
-           f"next cell trains a model with your function.")
+            ref_loss = float(diffusion.training_losses(model, x0, t=t, noise=noise, y=y)["loss"].mean())
+        got = call_answer(fn, "training_step", model, opt, diffusion, x0.clone(), y.clone(), t.clone(), noise.clone())
+        after = _params(model)
+        if got is None:
+            raise ExerciseError("`training_step` returned None: return the batch's loss as a number, `loss.item()`.")
+        if torch.is_tensor(got) and got.requires_grad:
+            raise ExerciseError("return `loss.item()`, a plain float: a tensor that requires grad keeps the whole "
+                                "graph of the step alive in the notebook's list of losses.")
+        if _close_params(after, start, rtol=0, atol=0):
+            if all(p.grad is None for p in model.parameters()):
+                raise ExerciseError("the weights did not move and no gradient is left on them: call loss.backward() "
+                                    "and then opt.step() (opt.zero_grad() goes *before* backward, not after it).")
+            raise ExerciseError("the weights did not move although gradients were computed: call opt.step() "
+                                "*after* loss.backward() (before it, the step has no gradients to use).")
+        losses = _step_losses(diffusion, x0, y, t, noise)
+        right, ref_grads, _ = _sgd_candidate(model, start, losses["right"][0])
+        if not _close_params(after, right):
+            if grads_before and all(g is not None for g in grads_before):
+                stale = [s - _STEP_LR * g for s, g in zip(start, grads_before)]
+                if _close_params(after, stale):
+                    raise ExerciseError("opt.step() ran before loss.backward(): it applied the *previous* batch's "
+                                        "gradients. Order: zero_grad, forward, loss, backward, step.")
+                summed = [s - _STEP_LR * (g + gb) for s, g, gb in zip(start, ref_grads, grads_before)]
+                if _close_params(after, summed):
+                    raise ExerciseError("the previous step's gradients were added to this one: call opt.zero_grad() "
+                                        "before loss.backward() (PyTorch accumulates into .grad).")
+            for name, (loss_fn, message) in losses.items():
+                if name == "right":
+                    continue
+                wrong, _, _ = _sgd_candidate(model, start, loss_fn)
+                if _close_params(after, wrong):
+                    raise ExerciseError(message)
+            raise ExerciseError(f"after call {k + 1} the weights differ from one optimiser step on this batch's "
+                                f"L_simple: use the `opt` passed in, x_t = diffusion.q_sample(x0, t, noise), "
+                                f"loss = mean((model(x_t, t, y) − noise)²), then zero_grad, backward, step.")
+        value = float(as_tensor(got, "loss").reshape(-1)[0]) if as_tensor(got, "loss").numel() == 1 else None
+        if value is None:
+            raise ExerciseError("return one number, the batch's mean loss (`loss.item()`).")
+        if abs(value - ref_loss) > 1e-4 * max(1.0, abs(ref_loss)):
+            raise ExerciseError(f"the weights are right, but you returned {value:.5f}, not this batch's loss "
+                                f"{ref_loss:.5f}: return loss.item() of the loss you stepped on.")
+    passed("two calls, two correct optimiser steps on L_simple (zero_grad, backward, step in the right order) and "
+           "the batch's loss returned as a float. The loop below trains the U-Net with your function.")
 
 
-# -- predict, then run: where does the label matter? -----------------------------------------------------------------
+# -- predict, then run: where does the logged loss start? ----------------------------------------------------------
 
-LABEL_EFFECT_CHOICES = {
-    "a": "at small t (t ≤ 250): there is little noise, so the details of the digit depend on the label",
-    "b": "in the middle (250 < t < 750)",
-    "c": "at large t (t ≥ 750): the image is nearly pure noise",
-}
-
-_LABEL_EFFECT_MISTAKES = {
-    "a": "At small t the noisy image already shows which digit it is, so both predictions agree whatever the "
-         "label says: the label has nothing left to add.",
-    "b": "In the middle the image is half visible: the label still helps, but less than where nothing of the "
-         "image survives.",
-    "c": "",
+FIRST_LOSS_CHOICES = {
+    "a": "about 1 (0.9 to 1.2): the untrained network outputs ε̂ = 0 and misses unit-variance noise by 1 per pixel",
+    "b": "clearly below 1 (0.6 to 0.9)",
+    "c": "far below 1 (under 0.6)",
+    "d": "above 1.2: a random network's guesses add error on top of the noise",
 }
 
 
-def commit_label_effect_prediction(prediction) -> str:
-    """Before the measurement: at which noise level does the label change the model's guess x̂_0 the most?"""
-    return commit_choice(prediction, LABEL_EFFECT_CHOICES)
+def commit_first_loss_prediction(prediction) -> str:
+    """Before the run: the first logged loss of the `Trainer` (the mean over its first logged steps)."""
+    return commit_choice(prediction, FIRST_LOSS_CHOICES)
 
 
-def label_effect_truth(ts, effect) -> str:
-    """The choice that the timestep of the largest measured effect falls in."""
-    ts, effect = list(ts), [float(e) for e in effect]
-    if len(ts) != len(effect) or not ts:
-        raise ValueError("ts and effect must have the same, non-zero length")
-    t_max = ts[max(range(len(effect)), key=effect.__getitem__)]
-    return "a" if t_max <= 250 else "b" if t_max < 750 else "c"
+def first_loss_truth(first_loss: float) -> str:
+    """The choice that the measured first loss falls in."""
+    if first_loss >= 1.2:
+        return "d"
+    return "a" if first_loss >= 0.9 else "b" if first_loss >= 0.6 else "c"
 
 
-def reveal_label_effect(prediction, ts, effect) -> bool:
-    """After the measurement: the largest measured change decides; the reasoning is printed either way."""
-    ts, effect = list(ts), [float(e) for e in effect]
-    truth = label_effect_truth(ts, effect)
-    key = commit_choice(prediction, LABEL_EFFECT_CHOICES, echo=False)
-    k = max(range(len(effect)), key=effect.__getitem__)
-    why = ("x̂_0 is the model's estimate of E[x_0 | x_t, c]. The more noise, the less x_t says about the digit, and "
-           "the more of that estimate has to come from the label. Near t = T the image carries almost nothing, "
-           "and the label is the only information about what to draw.")
-    if key != truth and truth == "c" and _LABEL_EFFECT_MISTAKES.get(key):
-        why += " " + _LABEL_EFFECT_MISTAKES[key]
-    return reveal_choice(key, truth, LABEL_EFFECT_CHOICES, why,
-                         measured=f"measured: largest change {effect[k]:.2f} per pixel at t = {ts[k]}, "
-                                  f"{effect[0]:.3f} at t = {ts[0]}")
+def mean_min_snr_weight(diffusion: GaussianDiffusion) -> float:
+    """The average over t ~ U{0..T−1} of the weight the diffusion's loss puts on ‖ε − ε̂‖² (1 without min-SNR-γ)."""
+    from ..losses import min_snr_weight
+
+    if diffusion.min_snr_gamma is None:
+        return 1.0
+    snr = diffusion.schedule.snr
+    return float(min_snr_weight(snr, diffusion.min_snr_gamma, diffusion.parameterization).mean())
+
+
+def reveal_first_loss(prediction, first_loss: float, diffusion: GaussianDiffusion) -> bool:
+    """After the run: the measured first logged loss decides; the reasoning uses the run's own weighting."""
+    w, gamma = mean_min_snr_weight(diffusion), diffusion.min_snr_gamma
+    weighting = (f"but the Trainer's loss is min-SNR-γ weighted (γ = {gamma:g}): each sample's error is multiplied "
+                 f"by min(SNR_t, γ)/SNR_t, which is below 1 for the almost clean steps, and over t ~ U{{0..T−1}} those "
+                 f"weights average {w:.2f} (computed from this run's schedule). So an ε̂ = 0 network scores about "
+                 f"{w:.2f}, not 1" if gamma is not None else
+                 "and this run trains on plain L_simple, so an ε̂ = 0 network scores about 1")
+    why = ("the U-Net's last layer starts at zero, so the untrained network outputs ε̂ = 0 and its squared error is "
+           "‖ε‖²/D ≈ 1 per pixel at every t (not more: a zero guess is not a random one), " + weighting +
+           "; the few first steps, still in the learning-rate warm-up, move it only a little.")
+    return reveal_choice(prediction, first_loss_truth(first_loss), FIRST_LOSS_CHOICES, why,
+                         measured=f"measured: {first_loss:.3f}")

@@ -1,186 +1,50 @@
-"""Checks for notebook 06, "Fast sampling: DDIM and DPM-Solver++".
+"""Checks for notebook 06, "Watching a model sample".
 
 Exercises:
-    1. `check_ddim_sigma(fn)`: the DDIM noise level σ_τ(η) = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)
-       (Song, Meng & Ermon 2021, eq. 16), compared with `ddpm_lite.samplers.ddim_sigma` and, at η = 1, with
-       DDPM's posterior variance β̃_t.
-    2. `check_ddim_step(fn)`: one generalised DDIM update with noise (eq. 12),
-       x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z, compared with `samplers.ddim_steps`.
-    3. `check_trailing_timesteps(fn)`: the "trailing" timestep spacing, compared with
-       `samplers.timestep_sequence(T, S, "trailing")`.
-    4. `check_ddim_sampler(fn)`: a whole DDIM sampler built from the three pieces,
-       fn(denoiser, diffusion, x_T, steps, eta, generator) -> x_0, compared with `samplers.ddim` (trailing spacing,
-       same generator) on the exact denoiser of a 2D Gaussian mixture for η = 0, 0.5 and 1; notebook 06 then runs
-       the learner's sampler on the digits model beside the package's.
-    Predict, then run: `PLATEAU_CHOICES`, `commit_plateau_prediction(p)` before §7's error decomposition,
-       `reveal_plateau(p, total_20, total_50, exact_50)` after it: what do 20 → 50 DDIM steps buy with a learned
-       network?
+    1. `check_ddpm_sample`: ancestral sampling, Algorithm 2 of Ho et al. (2020), as a loop the learner writes,
+       ddpm_sample(denoiser, diffusion, x_T, generator) -> x_0: for t = T−1 … 0, (x̂_0, ε̂) = denoiser(x, t),
+       x ← μ̃_t(x̂_0, x_t) + σ_t z with σ_t² = β̃_t and no noise at t = 0; compared with `samplers.ddpm` on the
+       exact denoiser of a 2D Gaussian mixture with a 100-step schedule (same generator, same draws). Notebook 06
+       then runs the learner's loop on the digits model and shows that it reproduces section 2's samples.
+    2. `check_ddim_step`: one deterministic DDIM update (η = 0; Song, Meng & Ermon 2021, eq. 12),
+       x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev) ε̂, with ᾱ_prev := 1 when t_prev = −1 (the data); the notebook
+       then samples with it.
+    Predict, then run: `SETTLE_CHOICES`, `commit_settle_prediction(p)` before the 1000-step run,
+       `reveal_settle(p, t_settled, T)` after the classifier has read every x̂_0: when is the digit decided?
 
-Every reference is computed by the package at check time, never typed in. The sampler's check names the usual
-slips: leading spacing, the final step to the data missing, ᾱ_prev read as alphas_cumprod[-1] on that step, σ
-from consecutive timesteps instead of the jump, η ignored, one z for every step, the denoiser asked at t_prev,
-x_T or the generator ignored.
+The learner passes a *function*; the check calls it on random inputs and compares it with the package
+(`samplers.ddpm`, `samplers.ddim_steps`), and names the usual mistakes: for the loop, no fresh noise, the
+variance β̃_t used as a standard deviation, β_t instead of β̃_t, noise on the last step, a jump to x̂_0, the
+posterior coefficients swapped or off by one, one z for every step, T hard-coded, the loop one step short or
+run forwards, x_T ignored, the generator ignored; for the DDIM step, the usual formula slips.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..diffusion import GaussianDiffusion
-from ..samplers import ddim, ddim_sigma, ddim_steps, make_denoiser, timestep_sequence
-from . import (ExerciseError, NotAnsweredError, allclose, as_tensor, call_answer, commit_choice, passed,
-               reveal_choice)
+from ..samplers import ddim_steps, ddpm, make_denoiser
+from ..schedules import NoiseSchedule
+from . import ExerciseError, allclose, as_tensor, call_answer, commit_choice, expect_close, passed, reveal_choice
 
-__all__ = ["check_ddim_sigma", "check_ddim_step", "check_trailing_timesteps", "check_ddim_sampler",
-           "PLATEAU_CHOICES", "commit_plateau_prediction", "plateau_truth", "reveal_plateau"]
-
-
-def _number(value, name: str) -> float:
-    if torch.is_tensor(value):
-        if value.numel() != 1:
-            raise ExerciseError(f"`{name}` should return one number, got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ExerciseError(f"`{name}` should return a number, got {type(value).__name__}") from None
+__all__ = ["check_ddpm_sample", "check_ddim_step", "SETTLE_CHOICES", "commit_settle_prediction", "settle_truth",
+           "reveal_settle"]
 
 
-# -- exercise 1: the DDIM σ -------------------------------------------------------------------------------------
-
-def check_ddim_sigma(sigma_fn) -> None:
-    """`sigma_fn(alpha_bar_t, alpha_bar_prev, eta)` (floats) must return the standard deviation σ of eq. 16.
-
-    Checked on pairs (ᾱ_t, ᾱ_prev) of a linear schedule with gaps of 1, 20 and 200 steps and η ∈ {0, 0.5, 1};
-    at η = 1 with a gap of one step σ² must equal DDPM's posterior variance β̃_t.
-    """
-    diffusion = GaussianDiffusion("linear", 1000)
-    ab = diffusion.schedule.alphas_cumprod.double()
-    pairs = [(10, 9), (500, 499), (999, 979), (300, 100), (800, 600)]
-    for t, s in pairs:
-        a_t, a_prev = float(ab[t]), float(ab[s])
-        for eta in (0.0, 0.5, 1.0):
-            got = _number(call_answer(sigma_fn, "ddim_sigma", a_t, a_prev, eta), "ddim_sigma")
-            ref = ddim_sigma(a_t, a_prev, eta)
-            if math.isclose(got, ref, rel_tol=1e-6, abs_tol=1e-9):
-                continue
-            if eta == 0.0:
-                raise ExerciseError(f"with η = 0 DDIM is deterministic: σ must be 0, got {got:.4g}.")
-            if math.isclose(got, ref ** 2, rel_tol=1e-6) or math.isclose(got, eta * (ref / eta) ** 2, rel_tol=1e-6):
-                raise ExerciseError("that is a variance: return the standard deviation σ (take the square root).")
-            base = ref / eta  # the η-free part
-            if math.isclose(got, eta ** 0.5 * base, rel_tol=1e-6):
-                raise ExerciseError("η multiplies σ itself, not σ² (σ = η · √(…) · √(…)).")
-            swapped = eta * ((1 - a_t) / (1 - a_prev) * (1 - a_t / a_prev)) ** 0.5
-            if math.isclose(got, swapped, rel_tol=1e-6):
-                raise ExerciseError("the first factor is (1 − ᾱ_prev)/(1 − ᾱ_t): the *less* noisy step is on top.")
-            no_first = eta * (1 - a_t / a_prev) ** 0.5
-            if math.isclose(got, no_first, rel_tol=1e-6):
-                raise ExerciseError("you forgot the factor √((1 − ᾱ_prev)/(1 − ᾱ_t)).")
-            raise ExerciseError(f"for ᾱ_t = {a_t:.4f}, ᾱ_prev = {a_prev:.4f}, η = {eta} you return {got:.6g}, "
-                                f"expected {ref:.6g}. σ = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev).")
-    # η = 1, consecutive steps: DDPM's posterior variance β̃_t (Ho et al. 2020, eq. 7)
-    for t in (1, 250, 999):
-        got = _number(call_answer(sigma_fn, "ddim_sigma", float(ab[t]), float(ab[t - 1]), 1.0), "ddim_sigma")
-        beta_tilde = float(diffusion.schedule.posterior_variance[t])
-        if not math.isclose(got ** 2, beta_tilde, rel_tol=1e-5):
-            raise ExerciseError(f"at η = 1 and consecutive steps σ² should be DDPM's β̃_t = {beta_tilde:.6g} "
-                                f"(t = {t}), got {got ** 2:.6g}.")
-    passed("σ = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev); at η = 1 on consecutive steps σ² = β̃_t.")
+def _inputs(T: int, seed: int = 7):
+    gen = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(5, 1, 8, 8, generator=gen)
+    eps = torch.randn(5, 1, 8, 8, generator=gen)
+    return x_t, eps
 
 
-# -- exercise 2: one stochastic DDIM step ------------------------------------------------------------------------
+# -- exercise 1: the ancestral sampling loop ------------------------------------------------------------------------
 
-def check_ddim_step(ddim_step_fn) -> None:
-    """`ddim_step_fn(x0_hat, eps_hat, alpha_bar_prev, sigma, z)` must return
-    √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z.
-
-    Compared with the first update of `samplers.ddim_steps` (same x̂_0, ε̂ and noise z) for η = 0, 0.5 and 1.
-    """
-    diffusion = GaussianDiffusion("linear", 1000)
-    gen = torch.Generator().manual_seed(3)
-    x_T = torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64)
-    eps_net = 0.4 * torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64)
-
-    def denoiser(x, t):  # a fixed ε prediction, turned into x̂_0 the way the package does
-        return diffusion.predict_x0_from_eps(x, t, eps_net), eps_net
-
-    steps, spacing = 10, "trailing"
-    t, t_prev = timestep_sequence(1000, steps, spacing)[:2]
-    a_t = float(diffusion.schedule.alphas_cumprod[t])
-    a_prev = float(diffusion.schedule.alphas_cumprod[t_prev])
-    for eta in (0.0, 0.5, 1.0):
-        first = next(iter(ddim_steps(denoiser, diffusion, x_T, steps=steps, eta=eta, spacing=spacing,
-                                     generator=torch.Generator().manual_seed(11))))
-        z = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
-        sigma = ddim_sigma(a_t, a_prev, eta)
-        x0, eps = first.pred_x0, first.eps
-        got = as_tensor(call_answer(ddim_step_fn, "ddim_step", x0.clone(), eps.clone(), a_prev, sigma, z.clone()),
-                        "ddim_step(...)")
-        ref = first.x
-        if got.shape != ref.shape:
-            raise ExerciseError(f"ddim_step returned shape {tuple(got.shape)}, expected {tuple(ref.shape)}")
-        if torch.allclose(got, ref, rtol=1e-6, atol=1e-8):
-            continue
-        sp = math.sqrt(a_prev)
-        mistakes = [
-            (sp * x0 + math.sqrt(1 - a_prev) * eps + sigma * z,
-             "the direction term must leave room for the fresh noise: √(1 − ᾱ_prev − σ²) ε̂, not √(1 − ᾱ_prev) ε̂."),
-            (a_prev * x0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0)) * eps + sigma * z,
-             "scale x̂_0 by √ᾱ_prev, not ᾱ_prev."),
-            (sp * x0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0)) * eps + sigma ** 2 * z,
-             "the noise is σ z (σ is a standard deviation), not σ² z."),
-            (sp * x0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0)) * eps,
-             "you dropped the fresh noise σ z (only η = 0 is deterministic)."),
-            (sp * x0 + math.sqrt(max(1 - a_prev - sigma, 0)) * eps + sigma * z,
-             "subtract σ², not σ, inside the square root: √(1 − ᾱ_prev − σ²)."),
-        ]
-        for wrong, message in mistakes:
-            if torch.allclose(got, wrong, rtol=1e-6, atol=1e-8):
-                raise ExerciseError(f"(η = {eta}) {message}")
-        raise ExerciseError(f"(η = {eta}) your step differs from samplers.ddim_steps by up to "
-                            f"{(got - ref).abs().max().item():.3g}: x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z.")
-    passed("x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z matches samplers.ddim_steps for η = 0, 0.5, 1.")
-
-
-# -- exercise 3: trailing timestep spacing -----------------------------------------------------------------------
-
-def check_trailing_timesteps(trailing_fn) -> None:
-    """`trailing_fn(T, steps)` must return the list of `steps` 0-based timestep indices visited, noisiest first,
-    that `samplers.timestep_sequence(T, steps, "trailing")` returns (starts at T − 1, equal gaps T/steps)."""
-    for T, steps in ((1000, 10), (1000, 50), (1000, 7), (100, 100), (1000, 1)):
-        got = call_answer(trailing_fn, "trailing_timesteps", T, steps)
-        try:
-            got = [int(v) for v in got]
-        except (TypeError, ValueError):
-            raise ExerciseError(f"trailing_timesteps should return a list of ints, got {type(got).__name__}") from None
-        ref = timestep_sequence(T, steps, "trailing")
-        if got == ref:
-            continue
-        if sorted(got) == sorted(ref):
-            raise ExerciseError("the right timesteps, wrong order: a sampler walks from the noisiest step down, "
-                                "so the list must be decreasing.")
-        if len(got) != steps:
-            raise ExerciseError(f"trailing_timesteps({T}, {steps}) has {len(got)} entries, expected {steps}.")
-        if sorted(got) == sorted(timestep_sequence(T, steps, "leading")):
-            raise ExerciseError("that is the 'leading' spacing (0, k, 2k, …): it never visits t = T − 1. Trailing "
-                                "counts down from T − 1.")
-        if got and got[0] == T:
-            raise ExerciseError(f"indices are 0-based: the noisiest valid step is T − 1 = {T - 1}, not {T}.")
-        if got and got[0] != T - 1:
-            raise ExerciseError(f"trailing spacing starts at t = T − 1 = {T - 1}; yours starts at {got[0]}.")
-        raise ExerciseError(f"trailing_timesteps({T}, {steps}) = {got[:6]}… expected {ref[:6]}…: "
-                            "round(T − k·T/steps) − 1 for k = 0 … steps−1.")
-    passed("trailing spacing: starts at T − 1 and walks down in equal gaps of T/steps.")
-
-
-
-# -- exercise 4: a whole DDIM sampler ------------------------------------------------------------------------------
 
 class _WatchedDenoiser:
-    """Wraps a denoiser: checks the timesteps it is given and records them and the first state it sees."""
+    """Wraps a denoiser: checks the timesteps it is given (a long tensor [B] inside 0 … T−1) and records them and
+    the first state it sees."""
 
     def __init__(self, denoiser, T: int, batch: int):
         self.denoiser, self.T, self.batch = denoiser, T, batch
@@ -194,168 +58,232 @@ class _WatchedDenoiser:
             raise ExerciseError(f"call the denoiser with one timestep per sample, a long tensor of shape [B] = "
                                 f"[{self.batch}] (torch.full((B,), t)); got {got}.")
         value = int(t[0])
-        if value < 0:
-            raise ExerciseError(f"the denoiser was asked for t = {value}: ask it at the current timestep t of each "
-                                f"step, never at t_prev (−1 is the data, where there is nothing left to denoise).")
-        if value >= self.T:
-            raise ExerciseError(f"the denoiser was asked for t = {value}, but timesteps are indexed 0 … "
-                                f"{self.T - 1}.")
+        if not 0 <= value < self.T:
+            raise ExerciseError(f"the denoiser was asked for t = {value}, but this diffusion has T = {self.T} "
+                                f"timesteps, indexed 0 … {self.T - 1}: loop over range(diffusion.num_timesteps) "
+                                f"backwards, not a fixed 1000.")
         if self.first_x is None:
             self.first_x = x.detach().clone()
         self.ts.append(value)
         return self.denoiser(x, t)
 
 
-def _ddim_variant(denoiser, diffusion, x_T, steps, eta, generator, kind: str):
-    """A typical wrong version of the sampler (same draws from `generator` as the right one)."""
-    ab = diffusion.schedule.alphas_cumprod
-    seq = timestep_sequence(diffusion.num_timesteps, steps, "trailing")
+def _ddpm_variant(denoiser, diffusion, x_T, generator, kind: str):
+    """A typical wrong version of the loop (same draws from `generator` as the right one)."""
+    s = diffusion.schedule
+    T = diffusion.num_timesteps
     x = x_T
     z_once = torch.randn(x.shape, generator=generator, dtype=x.dtype) if kind == "one_z" else None
-    for t, t_prev in zip(seq, seq[1:] + [-1]):
-        x0, eps = denoiser(x, torch.full((x.shape[0],), t, dtype=torch.long))
-        a_t = float(ab[t])
-        a_prev = float(ab[t_prev]) if (t_prev >= 0 or kind == "neg_index") else 1.0
-        if kind == "consecutive":
-            sigma = ddim_sigma(a_t, float(ab[t - 1]) if t > 0 else 1.0, eta)
+    for t in range(T - 1, -1, -1):
+        x0, _ = denoiser(x, torch.full((x.shape[0],), t, dtype=torch.long))
+        c1, c2 = s.posterior_mean_coef1[t], s.posterior_mean_coef2[t]
+        if kind == "off_by_one":
+            c1, c2 = s.posterior_mean_coef1[t - 1], s.posterior_mean_coef2[t - 1]
+        mean = c2 * x0 + c1 * x if kind == "swapped" else x0 if kind == "jump" else c1 * x0 + c2 * x
+        sigma = s.posterior_variance[t].sqrt()
+        if kind == "variance":
+            sigma = s.posterior_variance[t]
+        elif kind == "beta":
+            sigma = s.betas[t].sqrt()
+        elif kind == "off_by_one":
+            sigma = s.posterior_variance[t - 1].sqrt()
+        if kind == "noise_at_0" and t == 0:
+            sigma = s.posterior_variance[1].sqrt()
+        if kind == "no_noise" or (t == 0 and kind != "noise_at_0"):
+            x = mean
         else:
-            sigma = ddim_sigma(a_t, a_prev, 0.0 if kind == "no_eta" else eta)
-        if isinstance(sigma, complex):        # ᾱ_prev < ᾱ_t (the wrapped index): no real σ; keep the mean part
-            sigma = 0.0
-        x = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
-        if sigma > 0:
             z = z_once if kind == "one_z" else torch.randn(x.shape, generator=generator, dtype=x.dtype)
-            x = x + sigma * z
+            x = mean + sigma * z
     return x
 
 
-_DDIM_MISTAKES = {
-    "neg_index": "on the last step, t_prev = −1 is the data and ᾱ_prev = 1; alphas_cumprod[-1] is Python's *last* "
-                 "entry, ᾱ_{T−1} ≈ 0 (the noisiest one).",
-    "consecutive": "σ must use the jump's own ᾱ_prev (alphas_cumprod[t_prev]), not the neighbouring step's "
-                   "ᾱ_{t−1}: with big jumps the noise level is that of the whole jump.",
-    "no_eta": "your sampler ignores η: with η > 0 it must add the noise σ(η) z, with σ from your my_ddim_sigma.",
-    "one_z": "you drew z once and reused it: every step with σ > 0 needs a fresh z ~ N(0, I).",
+_DDPM_MISTAKES = {
+    "no_noise": "you never add the fresh noise σ_t z: for t > 0 the step is x_{t−1} = μ̃_t + σ_t z with "
+                "z ~ N(0, I) (torch.randn(x.shape, generator=generator, dtype=x.dtype)); without it the samples "
+                "collapse towards averages.",
+    "variance": "σ_t is a standard deviation: multiply z by √β̃_t (the square root of "
+                "diffusion.schedule.posterior_variance[t]), not by the variance β̃_t.",
+    "beta": "σ_t² is β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) β_t here (schedule.posterior_variance, variance='fixed_small'), "
+            "not β_t (Ho et al.'s other choice, 'fixed_large').",
+    "noise_at_0": "no noise on the last step: at t = 0 the sample is the posterior mean itself (σ_0 = 0).",
+    "jump": "you jumped to the guess x̂_0 at every step: a step goes to the posterior mean "
+            "μ̃_t(x̂_0, x_t) = c1·x̂_0 + c2·x_t, a small move from x_t towards x̂_0.",
+    "swapped": "the posterior mean's coefficients are swapped: posterior_mean_coef1 (√ᾱ_{t−1} β_t/(1 − ᾱ_t)) "
+               "multiplies x̂_0, posterior_mean_coef2 (√α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t)) multiplies x_t.",
+    "off_by_one": "off by one: the step from x_t uses the schedule's entries at index t (coef1[t], coef2[t], "
+                  "β̃_t), not t − 1.",
+    "one_z": "you drew z once and reused it: every step needs a fresh z ~ N(0, I).",
 }
 
 
-def check_ddim_sampler(sampler_fn) -> None:
-    """`sampler_fn(denoiser, diffusion, x_T, steps, eta, generator)` must return x_0 of DDIM: the trailing timesteps
-    τ_1 > … > τ_S, then t_prev = −1 (ᾱ = 1, the data); at each step (x̂_0, ε̂) = denoiser(x, t), σ from eq. 16
-    for the jump t → t_prev, x ← √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z, with
-    z = torch.randn(x.shape, generator=generator, dtype=x.dtype) drawn when σ > 0. Compared with `samplers.ddim`
-    on the exact denoiser of 8 Gaussians on a ring (linear schedule, T = 1000) for η = 0, 0.5, 1."""
+def check_ddpm_sample(ddpm_sample_fn) -> None:
+    """`ddpm_sample_fn(denoiser, diffusion, x_T, generator)` must return x_0 of ancestral sampling: for
+    t = T−1 … 0, (x̂_0, ε̂) = denoiser(x, t as a long tensor [B]); x ← c1_t x̂_0 + c2_t x (the posterior mean
+    μ̃_t), plus σ_t z with σ_t² = β̃_t and z = torch.randn(x.shape, generator=generator, dtype=x.dtype) for
+    t > 0 only. Compared with `samplers.ddpm` on the exact denoiser of 8 Gaussians on a ring, T = 100."""
     from ..toys import ExactGMMDenoiser, GaussianMixture
 
-    diffusion = GaussianDiffusion("linear", 1000)
+    diffusion = GaussianDiffusion("linear", 100)
     T = diffusion.num_timesteps
     ring = GaussianMixture.ring(8, radius=0.7, std=0.07, dtype=torch.float64)
     denoiser = make_denoiser(ExactGMMDenoiser(ring, diffusion.schedule), diffusion, threshold=None)
-    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    x_T = torch.randn(24, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
-    def run(steps, eta, seed):
+    def run(seed):
         watched = _WatchedDenoiser(denoiser, T, x_T.shape[0])
-        negative = ("On the last step t_prev = −1 is the data, ᾱ_prev = 1; alphas_cumprod[-1] is Python's *last* "
-                    "entry, ᾱ_{T−1} ≈ 0, smaller than ᾱ_t, which makes 1 − ᾱ_t/ᾱ_prev in σ negative.")
-        try:
-            out = call_answer(sampler_fn, "my_ddim", watched, diffusion, x_T.clone(), steps, eta,
-                              torch.Generator().manual_seed(seed))
-        except NotAnsweredError:
-            raise
-        except ExerciseError as err:
-            if "math domain error" in str(err):
-                raise ExerciseError(f"{err} (steps = {steps}, η = {eta}): a square root of a negative number. "
-                                    f"{negative}") from None
-            raise
-        if (torch.is_tensor(out) and out.is_complex()) or isinstance(out, complex):
-            raise ExerciseError(f"your samples are complex numbers (steps = {steps}, η = {eta}): a square root of a "
-                                f"negative number. {negative}")
-        return as_tensor(out, "my_ddim(...)"), watched
+        out = call_answer(ddpm_sample_fn, "ddpm_sample", watched, diffusion, x_T.clone(),
+                          torch.Generator().manual_seed(seed))
+        return as_tensor(out, "ddpm_sample(...)"), watched
 
-    for steps, eta in ((10, 0.0), (7, 0.5), (4, 1.0)):
-        where = f"(steps = {steps}, η = {eta})"
-        got, watched = run(steps, eta, 2)
-        ref = ddim(denoiser, diffusion, x_T, steps=steps, eta=eta, spacing="trailing",
-                   generator=torch.Generator().manual_seed(2))
-        if got.shape != ref.shape:
-            raise ExerciseError(f"my_ddim returned shape {tuple(got.shape)}, expected the shape of x_T "
-                                f"{tuple(ref.shape)}.")
-        if not torch.isfinite(got).all():
-            raise ExerciseError(f"NaN or inf in your samples {where}: a square root of a negative number? "
-                                f"1 − ᾱ_prev − σ² is ≥ 0 when σ comes from the same ᾱ_t, ᾱ_prev.")
-        if watched.first_x is not None and not torch.allclose(watched.first_x, x_T):
-            raise ExerciseError("the first denoiser call did not get x_T: start from the given x_T (do not draw a "
-                                "new one), so that a seed fixes the sample.")
-        seq = timestep_sequence(T, steps, "trailing")
-        if watched.ts != seq:
-            if watched.ts == seq[:-1]:
-                raise ExerciseError(f"the last step is missing {where}: after t = {seq[-1]} comes one more step, "
-                                    f"to t_prev = −1 (ᾱ_prev = 1), which lands on the data.")
-            if sorted(watched.ts) == sorted(timestep_sequence(T, steps, "leading")):
-                raise ExerciseError(f"those are the 'leading' timesteps {where}, which never visit t = T − 1: use "
-                                    f"your trailing spacing, my_trailing(T, steps).")
-            if watched.ts and watched.ts[0] == seq[1]:
-                raise ExerciseError(f"the denoiser is asked at the current timestep t, not at t_prev {where}.")
-            raise ExerciseError(f"the denoiser should be called once per step, at the trailing timesteps {seq[:4]}… "
-                                f"{where}; it was called at {watched.ts[:4]}… ({len(watched.ts)} calls).")
-        if allclose(got, ref, rtol=1e-5, atol=1e-6):
+    got, watched = run(1)
+    ref = ddpm(denoiser, diffusion, x_T, generator=torch.Generator().manual_seed(1))
+    if got.shape != ref.shape:
+        raise ExerciseError(f"ddpm_sample returned shape {tuple(got.shape)}, expected the shape of x_T "
+                            f"{tuple(ref.shape)}.")
+    if not torch.isfinite(got).all():
+        raise ExerciseError("NaN or inf in your samples: is a square root taken of a negative number, or a "
+                            "division by 1 − ᾱ at t = 0?")
+    if watched.first_x is not None and not torch.allclose(watched.first_x, x_T):
+        raise ExerciseError("the first denoiser call did not get x_T: start the loop from the given x_T (do not "
+                            "draw a new one), so that a seed fixes the sample.")
+    expected = list(range(T - 1, -1, -1))
+    if watched.ts != expected:
+        if watched.ts == expected[:-1]:
+            raise ExerciseError("the loop stops one step early, at t = 1: run t = T−1, …, 1, 0; the last step "
+                                "(t = 0, no noise) lands on the data.")
+        if watched.ts == expected[::-1]:
+            raise ExerciseError("the loop runs forwards: sampling goes from the noise, t = T−1, down to t = 0.")
+        raise ExerciseError(f"the denoiser should be called once per timestep, t = {T - 1}, {T - 2}, …, 0 "
+                            f"({T} calls); it was called {len(watched.ts)} times, first with "
+                            f"{watched.ts[:3]}….")
+    if allclose(got, ref, rtol=1e-5, atol=1e-6):
+        again, _ = run(1)
+        if not torch.equal(again, got):
+            raise ExerciseError("two runs with the same generator seed differ: draw z from `generator` "
+                                "(torch.randn(x.shape, generator=generator, dtype=x.dtype)).")
+        passed("your loop matches samplers.ddpm step for step: posterior mean μ̃_t(x̂_0, x_t) plus √β̃_t z, no noise "
+               "at t = 0. The next cell runs it on the digits model.")
+        return
+    for kind, message in _DDPM_MISTAKES.items():
+        wrong = _ddpm_variant(denoiser, diffusion, x_T.clone(), torch.Generator().manual_seed(1), kind)
+        if allclose(got, wrong, rtol=1e-5, atol=1e-6):
+            raise ExerciseError(message)
+    again, _ = run(1)
+    if not torch.equal(again, got):
+        raise ExerciseError("two runs with the same generator seed differ: draw every z from `generator` "
+                            "(torch.randn(x.shape, generator=generator, dtype=x.dtype)), not from the global "
+                            "random state.")
+    raise ExerciseError(f"your samples differ from samplers.ddpm's (same x_T, same generator) by up to "
+                        f"{(got - ref).abs().max().item():.3g}: x_{{t−1}} = c1_t·x̂_0 + c2_t·x_t + √β̃_t·z for t > 0, "
+                        f"z drawn after the denoiser call.")
+
+
+# -- exercise 2: one DDIM step (η = 0) --------------------------------------------------------------------------
+
+
+def check_ddim_step(ddim_step_fn, schedule: str = "linear", T: int = 1000) -> None:
+    """`ddim_step_fn(x_t, eps, t, t_prev, alphas_cumprod)` must return x_{t_prev} of deterministic DDIM (η = 0):
+
+        x̂_0 = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t,   x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev) ε̂,
+
+    for integer timesteps t > t_prev (t_prev = −1 means "to the data", where ᾱ_prev = 1)."""
+    diffusion = GaussianDiffusion(schedule, T)
+    ab = diffusion.schedule.alphas_cumprod.to(torch.float32)
+    x_t, eps = _inputs(T, seed=11)
+    cases = [(T - 1, T - 1 - T // 20), (T // 2, T // 2 - T // 10), (T // 10, 0), (T // 50, -1)]
+    for t, t_prev in cases:
+        reference = _ddim_reference(diffusion, x_t.double(), eps.double(), t, t_prev)
+        got = as_tensor(call_answer(ddim_step_fn, "ddim_step", x_t.clone(), eps.clone(), t, t_prev, ab.clone()), "ddim_step(...)")
+        if got.shape != reference.shape:
+            raise ExerciseError(f"the result has shape {tuple(got.shape)}, expected {tuple(reference.shape)}.")
+        if allclose(got, reference, rtol=1e-4, atol=1e-4):
             continue
-        for kind, message in _DDIM_MISTAKES.items():
-            if kind in ("no_eta", "one_z") and eta == 0:
-                continue
-            wrong = _ddim_variant(denoiser, diffusion, x_T.clone(), steps, eta, torch.Generator().manual_seed(2), kind)
-            if allclose(got, wrong, rtol=1e-5, atol=1e-6):
+        where = f"(t = {t} -> t_prev = {t_prev})"
+        a_t = float(ab[t])
+        a_p = 1.0 if t_prev < 0 else float(ab[t_prev])
+        xd, ed = x_t.double(), eps.double()
+        x0 = (xd - (1 - a_t) ** 0.5 * ed) / a_t ** 0.5
+        if t_prev < 0 and torch.isnan(got).any():
+            raise ExerciseError(f"NaN {where}: for t_prev = −1 use ᾱ_prev = 1 (the clean data), not alphas_cumprod[-1].")
+        mistakes = [
+            (a_p * x0 + (1 - a_p) * ed, "use √ᾱ_prev and √(1 − ᾱ_prev) as weights, not ᾱ_prev and 1 − ᾱ_prev."),
+            (a_p ** 0.5 * xd + (1 - a_p) ** 0.5 * ed, "the first term is √ᾱ_prev · x̂_0 (the predicted clean image), "
+                                                      "not √ᾱ_prev · x_t."),
+            (a_p ** 0.5 * x0, "you dropped the noise term: DDIM keeps the direction √(1 − ᾱ_prev) ε̂ pointing to x_t."),
+            (x0, "that is x̂_0 itself; DDIM re-noises it to the level of t_prev: √ᾱ_prev x̂_0 + √(1 − ᾱ_prev) ε̂."),
+        ]
+        if t_prev < 0:
+            a_last = float(ab[-1])
+            mistakes.append((a_last ** 0.5 * x0 + (1 - a_last) ** 0.5 * ed,
+                             "for t_prev = −1, ᾱ_prev is 1 (x_{−1} is the data), not alphas_cumprod[-1] "
+                             "(Python's negative indexing!)."))
+        else:
+            a_p1 = float(ab[t_prev + 1])
+            mistakes.append((a_p1 ** 0.5 * x0 + (1 - a_p1) ** 0.5 * ed, "ᾱ_prev is alphas_cumprod[t_prev] (off by one)."))
+        for wrong, message in mistakes:
+            if allclose(got, wrong, rtol=1e-4, atol=1e-4):
                 raise ExerciseError(f"{message} {where}")
-        if eta > 0:
-            again, _ = run(steps, eta, 2)
-            if not torch.equal(again, got):
-                raise ExerciseError("two runs with the same generator seed differ: draw z from `generator` "
-                                    "(torch.randn(x.shape, generator=generator, dtype=x.dtype)).")
-        raise ExerciseError(f"your samples differ from samplers.ddim's {where} by up to "
-                            f"{(got - ref).abs().max().item():.3g}: x ← √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z, "
-                            f"σ from ᾱ_t and ᾱ_prev of the jump, z drawn after the denoiser call when σ > 0.")
-    passed("your sampler matches samplers.ddim (trailing spacing) for η = 0, 0.5 and 1, the last step landing on the "
-           "data. The next cell runs it on the digits model.")
+        expect_close(got, reference, "ddim_step(...)", rtol=1e-4, atol=1e-4,
+                     hint=f"{where}: x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev) ε̂ with x̂_0 from ε̂.")
+    passed("your DDIM step (η = 0) matches samplers.ddim_steps, including the last step to the data (t_prev = −1).")
 
 
-# -- predict, then run: what do more steps buy with a learned network? -------------------------------------------
+def _ddim_reference(diffusion: GaussianDiffusion, x_t, eps, t: int, t_prev: int) -> torch.Tensor:
+    """One η = 0 update t -> t_prev computed by `samplers.ddim_steps` itself.
 
-PLATEAU_CHOICES = {
-    "a": "it keeps falling, down to about where the exact denoiser gets with 50 steps",
-    "b": "it barely falls: it levels off at an error set by the network, well above the exact denoiser's",
-    "c": "it rises: more steps pile up more of the network's errors",
+    `ddim_steps` walks a whole timestep sequence, so it runs here on a two-step diffusion built from custom
+    betas whose ᾱ table is [ᾱ_{t_prev}, ᾱ_t] (only [ᾱ_t] when t_prev = −1, the data): its first update is
+    exactly t -> t_prev. The denoiser returns the given ε̂ and the x̂_0 the real diffusion derives from it.
+    """
+    ab = diffusion.schedule.alphas_cumprod
+    if t_prev >= 0:
+        betas = torch.stack([1 - ab[t_prev], 1 - ab[t] / ab[t_prev]])
+    else:
+        betas = (1 - ab[t]).reshape(1)
+    small = GaussianDiffusion(NoiseSchedule(betas=betas))
+    t_full = torch.full((x_t.shape[0],), t, dtype=torch.long)
+
+    def denoiser(x, _):
+        return diffusion.predict_x0_from_eps(x, t_full, eps), eps
+
+    return next(iter(ddim_steps(denoiser, small, x_t, steps=small.num_timesteps, eta=0.0, spacing="trailing"))).x
+
+
+
+# -- predict, then run: when is the digit decided? ------------------------------------------------------------------
+
+SETTLE_CHOICES = {
+    "a": "early, in the first third of the run (t > 667), while x_t still looks like pure noise",
+    "b": "in the middle third (333 < t ≤ 667)",
+    "c": "late, in the last third (t ≤ 333), when x_t itself starts to show the digit",
 }
 
-_PLATEAU_MISTAKES = {
-    "a": "That is what happens while the sampler is the bottleneck (few steps). Past the crossover the network's "
-         "own error dominates, and no number of steps removes it.",
-    "c": "More, smaller steps do not add up more of the network's error: a deterministic solver converges, to the "
-         "solution of the learned model's ODE, which sits at a fixed distance from the data.",
+_SETTLE_MISTAKES = {
+    "b": "The middle is where x_t starts to look like something; x̂_0 is ahead of x_t.",
+    "c": "x_t shows the digit late because it still carries most of its noise; x̂_0 is the model's guess of the "
+         "end result, with that noise taken out, and it commits long before x_t can be read.",
 }
 
 
-def commit_plateau_prediction(prediction) -> str:
-    """Before §7's runs: what happens to the learned DDIM sampler's error from 20 to 50 steps?"""
-    return commit_choice(prediction, PLATEAU_CHOICES)
+def commit_settle_prediction(prediction) -> str:
+    """Before the 1000-step run: from which t on will the model's guesses x̂_0 show the requested digit?"""
+    return commit_choice(prediction, SETTLE_CHOICES)
 
 
-def plateau_truth(total_20: float, total_50: float, exact_50: float) -> str:
-    """From the measured distances to the data: the learned sampler at 20 and 50 steps, the exact one at 50."""
-    if total_50 > 1.05 * total_20:
-        return "c"
-    return "a" if total_50 < 1.5 * exact_50 else "b"
+def settle_truth(t_settled: int, T: int = 1000) -> str:
+    """The third of the run that the measured t (from which on the guesses show the digit) falls in."""
+    return "a" if t_settled > round(2 * T / 3) else "b" if t_settled > round(T / 3) else "c"
 
 
-def reveal_plateau(prediction, total_20: float, total_50: float, exact_50: float) -> bool:
-    """After the runs: the measured distances decide; the reasoning is printed either way."""
-    truth = plateau_truth(total_20, total_50, exact_50)
-    key = commit_choice(prediction, PLATEAU_CHOICES, echo=False)
-    why = ("with the learned network, DDIM solves the learned model's probability-flow ODE, not the true one. By 20 "
-           "steps its discretisation error (the exact denoiser's) is already smaller than the network's own error, "
-           "so more steps only solve the wrong ODE more accurately: the error levels off at the model "
-           "error. Only a better network lowers it.")
-    if key != truth and truth == "b" and key in _PLATEAU_MISTAKES:
-        why += " " + _PLATEAU_MISTAKES[key]
-    return reveal_choice(key, truth, PLATEAU_CHOICES, why,
-                         measured=f"measured SW₂ to the data: learned DDIM {total_20:.3f} at 20 steps, {total_50:.3f} "
-                                  f"at 50; exact denoiser at 50 steps {exact_50:.3f}")
+def reveal_settle(prediction, t_settled: int, T: int = 1000) -> bool:
+    """After the run: the measured t decides; the reasoning is printed either way."""
+    truth = settle_truth(int(t_settled), T)
+    key = commit_choice(prediction, SETTLE_CHOICES, echo=False)
+    why = ("the coarse shape lives in the low frequencies, which the forward process drowns last and the reverse "
+           "process therefore restores first; with the label fixing which digit to draw, a few noisy steps are "
+           "enough for the guess x̂_0 to commit to its shape. The remaining steps remove noise and refine details.")
+    if key != truth and truth == "a" and key in _SETTLE_MISTAKES:
+        why += " " + _SETTLE_MISTAKES[key]
+    return reveal_choice(key, truth, SETTLE_CHOICES, why,
+                         measured=f"measured: at least 9 of 10 guesses show the requested digit from t = "
+                                  f"{int(t_settled)} on, of {T}")

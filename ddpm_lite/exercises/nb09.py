@@ -1,272 +1,260 @@
-"""Checks for notebook 09, "CLIP from scratch".
+"""Checks for notebook 09, "Latent diffusion".
 
 Exercises:
-    1. `check_clip_loss(fn)`: CLIP's symmetric InfoNCE loss (Radford et al. 2021, Fig. 3),
-       fn(image_emb, text_emb, logit_scale) -> one number: L2-normalise both [N, d] embeddings, logits =
-       logit_scale · cosine similarities [N, N], cross-entropy with targets 0..N−1 over the rows (images →
-       captions) and over the columns (captions → images), averaged; compared with `ddpm_lite.clip.clip_loss`.
-    2. `check_zero_shot(fn)`: a zero-shot classifier from embeddings with prompt ensembling (CLIP §3.1.4),
-       fn(image_emb, template_embs) -> the predicted class per image: average the [T, K, d] per-template class
-       embeddings over the T templates, re-normalise, cosine similarity with each image [B, d], argmax over the
-       K classes; compared with the same steps written with the package's `F.normalize`, which is what
-       `CLIP.class_embeddings` and `CLIP.zero_shot_classify` do.
-    Predict, then run: `UPSIDE_DOWN_CHOICES`, `commit_upside_down_prediction(p)` before the held-out pairs are
-       tested, `reveal_upside_down(p, share, other)` after your zero-shot classifier has read the upside-down test
-       sevens (a rotation the captions never applied to a seven): what share does it call "seven"?
+    1. `check_reparam_kl(fn)`: the reparameterised sample of the autoencoder's posterior and its KL to N(0, I),
+       fn(mean, logvar, eps) -> (z, kl) with z = μ + σ ⊙ ε, σ = exp(½ log σ²), and
+       kl = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²) per image (Kingma & Welling 2014, App. B), compared with
+       `ddpm_lite.autoencoder.DiagonalGaussian`.
+    2. `check_scale_factor(fn)`: the latent scale factor 1 / std of the latents (LDM §4.3.2), compared with
+       1 / std computed at check time on latents of known spread.
+    3. `check_sdedit_timesteps(fn)`: SDEdit's part of a sampler's timestep sequence, fn(seq, strength) -> the
+       last round(strength · len(seq)) timesteps, compared with `ddpm_lite.editing.sdedit_timesteps`.
 
-Every reference is computed by the package at check time, never typed in. Each planted mistake (one direction
-only, no or inverted temperature, missing normalisation, sum instead of mean, wrong targets; no
-re-normalisation, one template, argmax or softmax over the wrong dimension) gets a message that names it.
+    Predict, then run: `SCALE_CHOICES`, `commit_scale_prediction(p)` before the latent model is given latents
+       3× too wide, `reveal_scale_error(p, ts, errors_wrong, errors_right)` after: at which timesteps does its
+       noise prediction go wrong?
+
+The notebook then uses the learner's functions: `my_reparam_kl` draws the posterior samples, `my_scale_factor`
+measures the autoencoder's scale factor, `my_sdedit_timesteps` drives an SDEdit run by hand.
+
+Every reference is computed by the package at check time, never typed in.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import math
 
-from ..clip import INIT_TEMPERATURE, MAX_LOGIT_SCALE, clip_loss
+import torch
+
+from ..autoencoder import DiagonalGaussian
+from ..editing import sdedit_timesteps
 from . import ExerciseError, allclose, as_tensor, call_answer, commit_choice, passed, reveal_choice
 
-__all__ = ["check_clip_loss", "check_zero_shot", "UPSIDE_DOWN_CHOICES", "commit_upside_down_prediction",
-           "upside_down_truth", "reveal_upside_down"]
+__all__ = ["check_reparam_kl", "check_sdedit_timesteps", "check_scale_factor", "SCALE_CHOICES",
+           "commit_scale_prediction", "scale_error_truth", "reveal_scale_error"]
 
 
-# -- exercise 1: the symmetric InfoNCE loss ------------------------------------------------------------------------
+# -- exercise 1: z = μ + σ ε and the closed-form KL --------------------------------------------------------------
 
-def _loss_inputs():
-    """Two cases of unnormalised embeddings (rows of very different lengths, so normalisation matters), the
-    captions loosely matching their images (a realistic, not a random, loss), and a logit scale."""
-    gen = torch.Generator().manual_seed(9)
-    cases = []
-    for n, d, scale in ((6, 8, 1 / INIT_TEMPERATURE), (5, 16, 3.0)):
-        image = torch.randn(n, d, generator=gen, dtype=torch.float64)
-        text = image + 0.8 * torch.randn(n, d, generator=gen, dtype=torch.float64)
-        image = image * (0.3 + 3 * torch.rand(n, 1, generator=gen, dtype=torch.float64))
-        text = text * (0.3 + 3 * torch.rand(n, 1, generator=gen, dtype=torch.float64))
-        cases.append((image, text, torch.tensor(scale, dtype=torch.float64)))
-    return cases
+def _posterior_inputs():
+    gen = torch.Generator().manual_seed(8)
+    mean = torch.randn(3, 4, 7, 7, generator=gen, dtype=torch.float64)
+    logvar = 1.5 * torch.randn(3, 4, 7, 7, generator=gen, dtype=torch.float64) - 1.0   # σ from ~0.1 to ~3
+    eps = torch.randn(3, 4, 7, 7, generator=gen, dtype=torch.float64)
+    return mean, logvar, eps
 
 
-def _ce(logits, target=None, reduction="mean"):
-    target = torch.arange(logits.shape[0]) if target is None else target
-    return F.cross_entropy(logits, target, reduction=reduction)
-
-
-def _loss_mistakes(image, text, scale):
-    """(wrong loss, message) for the typical mistakes."""
-    i, t = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-    cos = i @ t.t()
-    logits = scale * cos
-    n = logits.shape[0]
-    both = lambda lg, **kw: 0.5 * (_ce(lg, **kw) + _ce(lg.t(), **kw))  # noqa: E731
+def _z_mistakes(mean, logvar, eps):
     return [
-        (_ce(logits), "you used one direction only (images → captions, the rows). CLIP's loss is symmetric: "
-                      "average it with the cross-entropy of the transposed logits (captions → images)."),
-        (_ce(logits.t()), "you used one direction only (captions → images, the columns). CLIP's loss is "
-                          "symmetric: average it with the cross-entropy of the logits' rows (images → captions)."),
-        (_ce(logits) + _ce(logits.t()), "you added the two directions; CLIP averages them: ½ (L_images + L_text)."),
-        (both(cos), "no temperature: multiply the cosine similarities by logit_scale (= 1/τ) before the "
-                    "cross-entropy; cosines alone lie in [−1, 1], too flat for a softmax over the batch."),
-        (both(cos / scale), "you divided by logit_scale: it is already 1/τ, so *multiply* the cosine "
-                            "similarities by it (logits = logit_scale · cos)."),
-        (both(scale.exp() * cos), "logit_scale is already exp(t) = 1/τ (the model's clamped_logit_scale()): "
-                                  "multiply by it as it is, without another exp."),
-        (both(scale * image @ text.t()), "the embeddings must be L2-normalised first (F.normalize(x, dim=-1)): "
-                                         "the logits are scaled *cosine* similarities."),
-        (both(scale * i @ text.t()), "normalise the text embeddings too: both sides must have unit length."),
-        (both(scale * image @ t.t()), "normalise the image embeddings too: both sides must have unit length."),
-        (both(scale * F.normalize(image, dim=0) @ F.normalize(text, dim=0).t()),
-         "you normalised over the wrong dimension (dim=0, across the batch): each embedding (row) gets unit "
-         "length, F.normalize(x, dim=-1)."),
-        (both(logits, reduction="sum"), "you summed the cross-entropy over the pairs; take the mean over the "
-                                        "batch (F.cross_entropy's default), so the loss does not grow with N."),
-        (_ce(logits, reduction="sum") + _ce(logits.t(), reduction="sum"),
-         "you summed over the pairs and over the two directions; take the mean over the batch and average the "
-         "two directions."),
-        (both(logits, target=torch.zeros(n, dtype=torch.long)),
-         "wrong targets: caption i belongs to image i, so the targets are torch.arange(N) (the diagonal), "
-         "not all zeros."),
-        (both(logits, target=torch.arange(n - 1, -1, -1)),
-         "wrong targets: the matching pairs are on the diagonal, so the target of row i is i (torch.arange(N))."),
-        (both(logits.softmax(-1)), "F.cross_entropy applies log-softmax itself: pass it the logits, not "
-                                   "softmax probabilities."),
-        (0.5 * (F.binary_cross_entropy_with_logits(logits, torch.eye(n, dtype=logits.dtype))
-                + F.binary_cross_entropy_with_logits(logits.t(), torch.eye(n, dtype=logits.dtype))),
-         "that is a binary (sigmoid) loss per pair; CLIP's is a softmax cross-entropy over each row and "
-         "column with targets torch.arange(N)."),
-        (-(logits.diagonal()).mean(), "the loss is a cross-entropy: the diagonal logits must also be compared "
-                                      "with the rest of their row and column (softmax), not just maximised."),
+        (mean + logvar * eps, "you used log σ² as the standard deviation: σ = exp(½ · logvar)."),
+        (mean + logvar.exp() * eps, "exp(logvar) is the variance σ²; the noise is scaled by σ = exp(½ · logvar)."),
+        (mean + (0.5 * logvar) * eps, "½ · logvar is log σ, not σ: take the exponential, σ = exp(½ · logvar)."),
+        (mean + eps, "the noise must be scaled by σ = exp(½ · logvar)."),
+        (mean * eps + logvar.mul(0.5).exp(), "μ and σ are swapped: z = μ + σ ⊙ ε."),
+        (mean.clone(), "that is the mean μ alone (the mode); the sample adds σ ⊙ ε."),
     ]
 
 
-def check_clip_loss(fn) -> None:
-    """`fn(image_emb, text_emb, logit_scale)` (unnormalised [N, d] embeddings of N matching pairs, and
-    logit_scale = 1/τ, a 0-dim tensor) must return CLIP's loss: one number,
-    ½ [CE(s · Î Tᵀ, arange N) + CE(s · T Îᵀ, arange N)] with Î, T the L2-normalised embeddings."""
-    for k, (image, text, scale) in enumerate(_loss_inputs()):
-        out = call_answer(fn, "clip_loss", image.clone(), text.clone(), scale.clone())
-        got = as_tensor(out, "clip_loss")
-        ref = clip_loss(image, text, scale).detach()
-        if got.numel() != 1:
-            n = image.shape[0]
-            if got.shape == (n,) and allclose(got, 0.5 * (_ce(scale * F.normalize(image, dim=-1) @ F.normalize(
-                    text, dim=-1).t(), reduction="none") + _ce(scale * F.normalize(text, dim=-1) @ F.normalize(
-                    image, dim=-1).t(), reduction="none")), rtol=1e-6):
-                raise ExerciseError("you return one loss per pair: average them over the batch (one number).")
-            if got.shape == (n, n):
-                raise ExerciseError("that is an [N, N] matrix (the logits?); the loss is one number: the "
-                                    "cross-entropy of its rows and of its columns, averaged.")
-            raise ExerciseError(f"`clip_loss` should return one number, got shape {tuple(got.shape)}.")
-        got = got.reshape(())
-        if not torch.isfinite(got):
-            raise ExerciseError("`clip_loss` is NaN or inf: did you normalise by a zero norm, or take log(0)?")
-        if allclose(got, ref, rtol=1e-5, atol=1e-8):
-            continue
-        for wrong, message in _loss_mistakes(image, text, scale):
-            if allclose(got, wrong.detach(), rtol=1e-5, atol=1e-8):
-                raise ExerciseError(message)
-        raise ExerciseError(f"for N = {image.shape[0]} pairs of {image.shape[1]}-dimensional embeddings and "
-                            f"logit_scale {float(scale):.3g} you return {float(got):.5g}, expected "
-                            f"{float(ref):.5g}. Normalise, scale the cosine similarities, then average the "
-                            f"cross-entropies of the rows and of the columns (targets torch.arange(N)).")
-    passed("½ [CE(s · cos, arange N) over the rows + the same over the columns], with L2-normalised embeddings "
-           "and s = logit_scale = 1/τ: the symmetric InfoNCE loss of CLIP (Radford et al. 2021, Fig. 3).")
-
-
-# -- exercise 2: zero-shot prediction with prompt ensembling ------------------------------------------------------
-
-def _zero_shot_inputs():
-    """Unit-length image embeddings [B, d] and per-template class embeddings [T, K, d] (each unit length), built
-    so that every typical mistake changes some predictions: the templates of some classes disagree a lot (their
-    mean is short, so skipping the re-normalisation matters) and each template alone errs on other images."""
-    gen = torch.Generator().manual_seed(19)
-    T, K, d, B = 3, 10, 16, 60
-    centres = torch.randn(K, d, generator=gen, dtype=torch.float64)
-    spread = torch.linspace(0.3, 1.6, K, dtype=torch.float64)[torch.randperm(K, generator=gen)]
-    templates = F.normalize(centres + spread[:, None] * torch.randn(T, K, d, generator=gen, dtype=torch.float64),
-                            dim=-1)
-    labels = torch.arange(B) % K
-    images = F.normalize(centres[labels] + 1.2 * torch.randn(B, d, generator=gen, dtype=torch.float64), dim=-1)
-    return images, templates
-
-
-def _ensemble_predict(images, templates):
-    """The reference: CLIP's prompt ensembling (as `CLIP.class_embeddings` + `zero_shot_classify`)."""
-    classes = F.normalize(templates.mean(0), dim=-1)  # [K, d]
-    return (images @ classes.t()).argmax(1)
-
-
-def _zero_shot_mistakes(images, templates):
-    mean = templates.mean(0)
-    sim = images @ F.normalize(mean, dim=-1).t()  # [B, K]
-    out = [
-        ((images @ mean.t()).argmax(1),
-         "you did not re-normalise after averaging the templates (or you averaged the similarities, which is the "
-         "same): the mean of unit vectors is shorter than 1, more so where the templates disagree. "
-         "F.normalize(template_embs.mean(0), dim=-1) before the cosine similarity."),
-        ((images @ F.normalize(templates.mean(1), dim=-1).t()).argmax(1),
-         "you averaged over the classes (dim 1) instead of the templates (dim 0): template_embs is [T, K, d]."),
-        ((torch.einsum("bd,tkd->btk", images, templates).amax(1)).argmax(1),
-         "you took each class's best template per image (max over templates); prompt ensembling averages the "
-         "embeddings of all templates."),
+def _kl_mistakes(mean, logvar):
+    var = logvar.exp()
+    per_dim = 0.5 * (mean ** 2 + var - 1 - logvar)
+    full = per_dim.flatten(1).sum(1)
+    return [
+        (2 * full, "the KL has a factor ½ in front: ½ Σ (μ² + σ² − 1 − log σ²)."),
+        (per_dim.flatten(1).mean(1), "you averaged over the latent dimensions: the KL of the whole latent is the "
+                                     "*sum* over its c·h·w dimensions (one number per image)."),
+        (0.5 * (mean ** 2 + logvar.mul(0.5).exp() - 1 - logvar).flatten(1).sum(1),
+         "the second term is the variance σ² = exp(logvar), not σ."),
+        (0.5 * (mean ** 2 + var - 1 + logvar).flatten(1).sum(1), "the log-variance enters with a minus sign: − log σ²."),
+        (0.5 * (mean ** 2 + var - logvar).flatten(1).sum(1), "you forgot the − 1 in ½ Σ (μ² + σ² − 1 − log σ²)."),
+        (0.5 * (mean + var - 1 - logvar).flatten(1).sum(1), "the first term is μ², not μ."),
+        (0.5 * (mean ** 2 + var - 1 - logvar).flatten(1).sum(1).mean().expand(mean.shape[0]),
+         "the KL is one number *per image*: do not average over the batch."),
     ]
-    for scale in (1.0, 1 / INIT_TEMPERATURE, MAX_LOGIT_SCALE):
-        out.append(((scale * sim).softmax(0).argmax(1),
-                    "softmax over the images (dim 0): each image's prediction then depends on the other images in "
-                    "the batch. A softmax, if you use one, goes over the classes (dim −1); argmax alone is enough."))
-    for t in range(templates.shape[0]):
-        out.append(((images @ templates[t].t()).argmax(1),
-                    f"those are the predictions of template {t} alone: average the embeddings of all "
-                    f"{templates.shape[0]} templates (dim 0 of template_embs), then re-normalise."))
-    return out
 
 
-def _as_predictions(value, B: int, K: int) -> torch.Tensor:
-    if value is None:
-        raise ExerciseError("`zero_shot_predict` returned None: did you forget to return the predictions?")
+def check_reparam_kl(fn) -> None:
+    """`fn(mean, logvar, eps)` (tensors [B, c, h, w]) must return `(z, kl)`: z = μ + σ ⊙ ε with σ = exp(½ logvar)
+    ([B, c, h, w]) and kl = ½ Σ (μ² + σ² − 1 − log σ²) summed over the latent dimensions ([B], one per image)."""
+    mean, logvar, eps = _posterior_inputs()
+    out = call_answer(fn, "reparam_kl", mean.clone(), logvar.clone(), eps.clone())
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise ExerciseError(f"`reparam_kl` should return two things, `(z, kl)`, got {type(out).__name__}")
+    z = as_tensor(out[0], "z")
+    kl = as_tensor(out[1], "kl")
+    post = DiagonalGaussian(mean, logvar)
+    z_ref = post.mean + post.std * eps
+    kl_ref = post.kl()
+    if not allclose(z, z_ref, rtol=1e-6, atol=1e-8):
+        for wrong, message in _z_mistakes(mean, logvar, eps):
+            if allclose(z, wrong, rtol=1e-6, atol=1e-8):
+                raise ExerciseError(f"z: {message}")
+        if z.shape != z_ref.shape:
+            raise ExerciseError(f"z has shape {tuple(z.shape)}, expected {tuple(z_ref.shape)} (the shape of mean).")
+        raise ExerciseError(f"z differs from μ + σ ⊙ ε by up to {float((z - z_ref).abs().max()):.3g}. "
+                            "z = mean + exp(0.5 * logvar) * eps.")
+    if kl.dim() == 0:
+        if math.isclose(float(kl), float(kl_ref.sum()), rel_tol=1e-6):
+            raise ExerciseError("kl: you summed over the batch as well; return one KL per image (shape [B]): "
+                                "sum over dimensions 1, 2, 3 only.")
+        if math.isclose(float(kl), float(kl_ref.mean()), rel_tol=1e-6):
+            raise ExerciseError("kl: that is the batch mean; return one KL per image (shape [B]).")
+        raise ExerciseError(f"kl should have one value per image, shape ({mean.shape[0]},), got a single number.")
+    if not allclose(kl, kl_ref, rtol=1e-6, atol=1e-8):
+        for wrong, message in _kl_mistakes(mean, logvar):
+            if allclose(kl, wrong, rtol=1e-6, atol=1e-8):
+                raise ExerciseError(f"kl: {message}")
+        if kl.shape != kl_ref.shape:
+            raise ExerciseError(f"kl has shape {tuple(kl.shape)}, expected ({mean.shape[0]},): one KL per image, "
+                                "summed over the latent's channels and positions.")
+        raise ExerciseError(f"kl differs from ½ Σ (μ² + σ² − 1 − log σ²) by up to "
+                            f"{float((kl - kl_ref).abs().max()):.3g} nats.")
+    # the closed form must be the KL to N(0, I): zero exactly for the standard normal posterior
+    zero = as_tensor(call_answer(fn, "reparam_kl", torch.zeros_like(mean), torch.zeros_like(logvar), eps.clone())[1],
+                     "kl")
+    if not allclose(zero, torch.zeros(mean.shape[0], dtype=torch.float64), atol=1e-9):
+        raise ExerciseError("kl: for μ = 0, log σ² = 0 (q = N(0, I) itself) the KL must be 0.")
+    passed(f"z = μ + exp(½ log σ²) ⊙ ε, and KL = ½ Σ (μ² + σ² − 1 − log σ²) per image "
+           f"(here {', '.join(f'{v:.1f}' for v in kl_ref.tolist())} nats over {mean[0].numel()} latent dimensions).")
+
+
+# -- exercise 2: SDEdit's timesteps ------------------------------------------------------------------------------
+
+CASES = [
+    (list(range(999, -1, -20)), (0.02, 0.25, 0.3, 0.5, 0.51, 0.75, 0.99, 1.0, 0.0)),   # 50 steps
+    ([999, 899, 799, 699, 599, 499, 399, 299, 199, 99], (0.04, 0.05, 0.14, 0.15, 0.26, 0.5, 0.66, 0.96, 1.0, 0.0)),
+    ([999, 749, 499, 249], (0.1, 0.13, 0.2, 0.375, 0.5, 0.63, 0.9, 1.0, 0.0)),
+]  # strength 0 last: a wrong answer that only fails there gets the seq[-0:] message, others a more telling one
+
+
+def _as_int_list(value, name: str) -> list[int]:
+    if torch.is_tensor(value):
+        value = value.tolist()
     try:
-        pred = torch.as_tensor(value).detach().cpu()
-    except (TypeError, ValueError, RuntimeError):
-        raise ExerciseError(f"`zero_shot_predict` should return a tensor of class indices, got "
-                            f"{type(value).__name__}") from None
-    if pred.shape == (B, K):
-        raise ExerciseError(f"you return scores of shape [B, K] = {tuple(pred.shape)}; return the predicted class "
-                            "per image: the argmax over the classes (dim 1).")
-    if pred.shape == (K,):
-        raise ExerciseError(f"you return {K} values, one per class: that is an argmax over the images. Take "
-                            f"the argmax over the classes, one prediction per image (shape [{B}]).")
-    if pred.shape != (B,):
-        raise ExerciseError(f"`zero_shot_predict` should return one class index per image, shape [{B}], got "
-                            f"{tuple(pred.shape)}.")
-    if pred.is_floating_point():
-        if not torch.equal(pred, pred.round()):
-            raise ExerciseError("the predictions should be class indices (integers from argmax), not scores.")
-        pred = pred.long()
-    return pred.long()
+        return [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise ExerciseError(f"`{name}` should return a list of timesteps (ints), got {type(value).__name__}") from None
 
 
-def check_zero_shot(fn) -> None:
-    """`fn(image_emb, template_embs)` (unit-length image embeddings [B, d]; class embeddings per template
-    [T, K, d], each unit length) must return the predicted class per image ([B] integers): the argmax over
-    classes of cos(image, normalise(mean over templates))."""
-    images, templates = _zero_shot_inputs()
-    B, K = images.shape[0], templates.shape[1]
-    ref = _ensemble_predict(images, templates)
-    got = _as_predictions(call_answer(fn, "zero_shot_predict", images.clone(), templates.clone()), B, K)
-    if not torch.equal(got, ref):
-        for wrong, message in _zero_shot_mistakes(images, templates):
-            if torch.equal(got, wrong):
-                raise ExerciseError(message)
-        alone = torch.cat([_as_predictions(call_answer(fn, "zero_shot_predict", images[i:i + 1].clone(),
-                                                       templates.clone()), 1, K) for i in range(4)])
-        if not torch.equal(alone, got[:4]):
-            raise ExerciseError("an image's prediction changes with the other images in the batch (a softmax "
-                                "or a normalisation over the images, dim 0?): classify each image on its own, "
-                                "argmax over the classes.")
-        wrong = int((got != ref).sum())
-        raise ExerciseError(f"{wrong} of {B} predictions differ from prompt ensembling's. Average the templates' "
-                            f"embeddings (dim 0), re-normalise each class embedding, take the cosine similarity "
-                            f"with every image and the argmax over the classes.")
-    # the same on a second batch, in float32 as the model's embeddings are
-    more = F.normalize(images.flip(0)[: B // 2] + 0.3 * images[: B // 2], dim=-1).float()
-    got2 = _as_predictions(call_answer(fn, "zero_shot_predict", more.clone(), templates.float()), B // 2, K)
-    if not torch.equal(got2, _ensemble_predict(more.double(), templates)):
-        raise ExerciseError("right on the first batch, wrong on a second one (float32, 30 images): does your "
-                            "function depend on the batch size or on the dtype?")
-    passed("average the T templates' embeddings, re-normalise, cosine similarity, argmax over the classes: CLIP's "
-           "zero-shot classifier with prompt ensembling (Radford et al. 2021, §3.1.4).")
+def _sdedit_mistake(got: list[int], seq: list[int], strength: float) -> str | None:
+    S = len(seq)
+    n = round(strength * S)
+    if n == 0 and got == seq:
+        return ("at strength 0 nothing should run (return []), but you return the whole sequence: careful, "
+                "seq[-0:] is seq[0:], the whole list. Slice with seq[len(seq) - n:].")
+    if got == seq[:n]:
+        return ("you took the *head* of the sequence (its noisiest steps); SDEdit runs the *tail*: it starts "
+                "part-way down, at t₀, and goes all the way to the clean end.")
+    for k, how in ((math.floor(strength * S), "rounded down (int() or floor)"),
+                   (math.ceil(strength * S), "rounded up (ceil)")):
+        if k != n and got == seq[S - k:]:
+            return f"you {how} strength · len(seq); round it to the nearest integer, n = round(strength · len(seq))."
+    if n < S and got == seq[S - n - 1:]:
+        return "off by one: you run one step too many; the run is the last n = round(strength · len(seq)) entries."
+    if n > 0 and got == seq[S - n + 1:]:
+        return "off by one: you run one step too few; the run is the last n = round(strength · len(seq)) entries."
+    if got == seq[n:] and n != S - n:
+        return ("you skipped the first round(strength · len(seq)) steps; it is the other way round: strength is "
+                "the fraction of the steps that *run*, so strength 1 runs all of them.")
+    if got == list(reversed(seq[S - n:])):
+        return "the timesteps must stay in the sampler's order, noisiest first."
+    return None
 
 
-# -- predict, then run: does the CLIP read an upside-down seven? --------------------------------------------------
+def check_sdedit_timesteps(fn) -> None:
+    """`fn(seq, strength)` must return the timesteps SDEdit runs: the last round(strength · len(seq)) entries of
+    `seq` (noisiest first), [] at strength 0 and all of `seq` at strength 1."""
+    for seq, strengths in CASES:
+        for s in strengths:
+            got = _as_int_list(call_answer(fn, "sdedit_timesteps", list(seq), s), "sdedit_timesteps")
+            ref = sdedit_timesteps(list(seq), s)
+            if got == ref:
+                continue
+            message = _sdedit_mistake(got, list(seq), s)
+            where = f"(len(seq) = {len(seq)}, strength = {s})"
+            if message:
+                raise ExerciseError(f"{message} {where}")
+            raise ExerciseError(f"for {where} you return {got[:6]}{'…' if len(got) > 6 else ''} ({len(got)} steps), "
+                                f"expected {ref[:6]}{'…' if len(ref) > 6 else ''} ({len(ref)} steps).")
+    passed("SDEdit runs the last round(strength · len(seq)) timesteps: it starts at t₀ = that tail's first entry "
+           "(strength 0: nothing runs, 1: the whole sampler from pure noise).")
 
-UPSIDE_DOWN_CHOICES = {
-    "a": "most of them (over 60 %): it knows \"seven\" and it knows \"upside-down\", and the probe says it composes",
-    "b": "some of them (20 % to 60 %)",
-    "c": "few of them (under 20 %): it reads them as other digits",
+
+# -- exercise 3: the scale factor --------------------------------------------------------------------------------
+
+def check_scale_factor(fn) -> None:
+    """`fn(latents)` (a tensor [N, c, h, w] of unscaled latents) must return one number, 1 / std of all their
+    values, so that `scale_factor · latents` has unit standard deviation."""
+    gen = torch.Generator().manual_seed(5)
+    for spread, shift in ((4.0, 0.0), (0.25, 0.0), (2.5, 0.7)):
+        latents = spread * torch.randn(64, 4, 7, 7, generator=gen, dtype=torch.float64) + shift
+        value = call_answer(fn, "scale_factor", latents.clone())
+        if torch.is_tensor(value) and value.numel() != 1:
+            raise ExerciseError(f"`scale_factor` should return one number for the whole latent space, got a tensor "
+                                f"of shape {tuple(value.shape)} (per channel or per image?). Use the std of *all* values.")
+        try:
+            got = float(value)
+        except (TypeError, ValueError):
+            raise ExerciseError(f"`scale_factor` should return a number, got {type(value).__name__}") from None
+        std = float(latents.std())
+        ref = 1.0 / std
+        if math.isclose(got, ref, rel_tol=1e-3):
+            continue
+        if math.isclose(got, std, rel_tol=1e-3):
+            raise ExerciseError("that is the std itself: the factor that *brings the std to 1* is 1 / std.")
+        if math.isclose(got, 1.0 / std ** 2, rel_tol=1e-3):
+            raise ExerciseError("you divided by the variance; the scale factor is 1 / standard deviation.")
+        if math.isclose(got, 1.0 / float(latents.abs().max()), rel_tol=1e-3):
+            raise ExerciseError("1 / max |z| squeezes the latents into [−1, 1] but leaves their std far below 1: "
+                                "use 1 / std.")
+        rms = float(latents.pow(2).mean().sqrt())
+        if shift and math.isclose(got, 1.0 / rms, rel_tol=1e-3):
+            raise ExerciseError("1 / √mean(z²) ignores the latents' mean; use the standard deviation (z.std()).")
+        raise ExerciseError(f"for latents with std {std:.3f} you return {got:.4g}, expected 1 / std = {ref:.4g}.")
+    passed("scale_factor = 1 / std(z): the scaled latents have unit standard deviation, like the noise.")
+
+
+# -- predict, then run: latents at the wrong scale -------------------------------------------------------------------
+
+SCALE_CHOICES = {
+    "a": "at large t, near T: there z_T still holds signal, which the model never saw at that noise level",
+    "b": "at small t, where there is little noise: the extra signal is taken for noise",
+    "c": "about equally at every t: the inputs are wrong at every noise level",
 }
 
 
-def commit_upside_down_prediction(prediction) -> str:
-    """Before the run: what share of the upside-down test sevens will the zero-shot classifier call "seven"?"""
-    return commit_choice(prediction, UPSIDE_DOWN_CHOICES)
+def commit_scale_prediction(prediction) -> str:
+    """Before the run: where will the latent model's noise error be largest when its latents are 3× too wide?"""
+    return commit_choice(prediction, SCALE_CHOICES)
 
 
-def upside_down_truth(share_read_as_seven: float) -> str:
-    """The choice that the measured share of upside-down sevens read as "seven" falls in."""
-    return "a" if share_read_as_seven > 0.6 else "b" if share_read_as_seven >= 0.2 else "c"
+def scale_error_truth(ts, errors_wrong, errors_right) -> str:
+    """The choice the measurement supports: the excess error (wrong scale minus right scale) averaged over the
+    timesteps below T/2 and over those from T/2 on, T taken as max(ts) + 1. One half with 3× the other's excess
+    decides; otherwise "about equally"."""
+    ts = [int(t) for t in ts]
+    half = (max(ts) + 1) / 2
+    excess = [float(w) - float(r) for w, r in zip(errors_wrong, errors_right)]
+    low = [e for t, e in zip(ts, excess) if t < half]
+    high = [e for t, e in zip(ts, excess) if t >= half]
+    if not low or not high:
+        raise ValueError("need timesteps on both sides of T/2")
+    low, high = sum(low) / len(low), sum(high) / len(high)
+    return "b" if low > 3 * high else "a" if high > 3 * low else "c"
 
 
-def reveal_upside_down(prediction, share_read_as_seven: float, most_common: str = "") -> bool:
-    """After the run: the measured share decides; the reasoning is printed either way."""
-    why = ("the zero-shot classifier asks \"which of 'a zero' … 'a nine' is nearest?\", and a seven turned by 180° "
-           "has the shape of no upright seven: its bar sits at the bottom, its stem leans up from it. \"seven\" was "
-           "only ever said of upright sevens, so the image encoder never learned to map this "
-           "shape near it; the nearest digit name is the one whose upright or rotated shapes it resembles. The "
-           "probe succeeded because it asked an easier question: *given* a seven, upright or upside down? That "
-           "needs only the orientation, which the encoder learned from the other nine digits. Composition works "
-           "when the transformation keeps the shape that the word names, not when it makes a new one.")
-    measured = f"measured: {share_read_as_seven:.0%} read as \"seven\""
-    if most_common:
-        measured += f", most often as \"{most_common}\""
-    return reveal_choice(prediction, upside_down_truth(share_read_as_seven), UPSIDE_DOWN_CHOICES, why,
-                         measured=measured)
+def reveal_scale_error(prediction, ts, errors_wrong, errors_right, m: float = 3.0) -> bool:
+    """After the run: the measured errors decide; the reasoning is printed either way."""
+    ts = [int(t) for t in ts]
+    worst = max(range(len(ts)), key=lambda i: float(errors_wrong[i]) - float(errors_right[i]))
+    why = ("the model predicts ε as ε̂ = (z_t − √ᾱ_t ẑ_0) / √(1 − ᾱ_t), with ẑ_0 its guess of a unit-variance "
+           f"latent. Latents {m:g}× too wide leave a part of the signal that no unit-variance latent explains, and "
+           "the model books it as noise. A misjudged signal δ costs √ᾱ_t δ / √(1 − ᾱ_t) in ε: huge at small t, "
+           "where √(1 − ᾱ_t) is tiny, and negligible near T, where √ᾱ_t is (at t = 999, √ᾱ ≈ 0.006: even 3× "
+           "the signal is invisible). The leftover signal in z_T is real, but too small to show in ε; it matters "
+           "for where sampling starts, not for this error.")
+    return reveal_choice(prediction, scale_error_truth(ts, errors_wrong, errors_right), SCALE_CHOICES, why,
+                         measured=f"measured: mean (ε̂ − ε)² {float(errors_wrong[0]):.2f} at t = {ts[0]} against "
+                                  f"{float(errors_right[0]):.2f} at the right scale, {float(errors_wrong[-1]):.3f} "
+                                  f"against {float(errors_right[-1]):.3f} at t = {ts[-1]}; the largest excess at "
+                                  f"t = {ts[worst]}")

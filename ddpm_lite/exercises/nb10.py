@@ -1,360 +1,272 @@
-"""Checks for notebook 10, "Text to image: a mini Stable Diffusion and a mini Imagen".
+"""Checks for notebook 10, "CLIP from scratch".
 
 Exercises:
-    1. `check_cross_attention(fn)`: multi-head cross-attention from queries, keys and values with a padding mask
-       (Rombach et al. 2022, §3.3), fn(q, k, v, mask) -> (output, weights): weights = softmax(Q Kᵀ / √d) over
-       the L tokens, padded tokens (mask False) getting exactly 0, output = weights · V; compared with
-       `ddpm_lite.transformer.attention`, which the U-Net's `CrossAttention` uses.
-    2. `check_text_guidance(fn)`: classifier-free guidance against the **empty prompt**, fn(model, x_t, t, cond, w)
-       -> ε̃ = (1 + w) ε(x_t, c) − w ε(x_t, ∅) with ∅ = `cond.null()` (the encoding of "" and its mask);
-       compared with `GaussianDiffusion.model_output(model, x_t, t, cond, guidance=w)`, what every sampler uses.
-    3. `check_noise_augmentation(fn)`: a cascade's noise-conditioning augmentation (Ho et al. 2022 §3.2; Imagen
-       §2.5), fn(low, size, aug_level, alphas_cumprod, noise) -> the low-resolution image upsampled bilinearly
-       to `size`, then forward-noised to timestep `aug_level`: √ᾱ_s · up + √(1 − ᾱ_s) · noise; compared with
-       `text_to_image.upsample` and `GaussianDiffusion.q_sample`, what the super-resolution stage does.
-    Predict, then run: `HELD_OUT_CHOICES`, `commit_held_out_prediction(p)` before the held-out prompts are
-       sampled, `reveal_held_out(p, digit, upside_down)` after: what do the two systems draw for "an upside-down
-       seven", a combination no training caption had?
+    1. `check_clip_loss(fn)`: CLIP's symmetric InfoNCE loss (Radford et al. 2021, Fig. 3),
+       fn(image_emb, text_emb, logit_scale) -> one number: L2-normalise both [N, d] embeddings, logits =
+       logit_scale · cosine similarities [N, N], cross-entropy with targets 0..N−1 over the rows (images →
+       captions) and over the columns (captions → images), averaged; compared with `ddpm_lite.clip.clip_loss`.
+    2. `check_zero_shot(fn)`: a zero-shot classifier from embeddings with prompt ensembling (CLIP §3.1.4),
+       fn(image_emb, template_embs) -> the predicted class per image: average the [T, K, d] per-template class
+       embeddings over the T templates, re-normalise, cosine similarity with each image [B, d], argmax over the
+       K classes; compared with the same steps written with the package's `F.normalize`, which is what
+       `CLIP.class_embeddings` and `CLIP.zero_shot_classify` do.
+    Predict, then run: `UPSIDE_DOWN_CHOICES`, `commit_upside_down_prediction(p)` before the held-out pairs are
+       tested, `reveal_upside_down(p, share, other)` after your zero-shot classifier has read the upside-down test
+       sevens (a rotation the captions never applied to a seven): what share does it call "seven"?
 
-Every reference is computed by the package at check time, never typed in. Each planted mistake (no √d scaling,
-softmax over the positions, the mask ignored, inverted or applied after the softmax, masked scores set to 0,
-values from the keys; branches swapped, the guidance scale s used as w, a zero or unmasked null context, the
-prompt's mask on the empty prompt; ᾱ without the square root, signal not scaled, coefficients swapped,
-nearest or corner-aligned upsampling, ᾱ at the wrong timestep) gets a message that names it.
+Every reference is computed by the package at check time, never typed in. Each planted mistake (one direction
+only, no or inverted temperature, missing normalisation, sum instead of mean, wrong targets; no
+re-normalisation, one template, argmax or softmax over the wrong dimension) gets a message that names it.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from ..conditioning import TextCondition
-from ..diffusion import GaussianDiffusion
-from ..text_to_image import upsample
-from ..transformer import attention
+from ..clip import INIT_TEMPERATURE, MAX_LOGIT_SCALE, clip_loss
 from . import ExerciseError, allclose, as_tensor, call_answer, commit_choice, passed, reveal_choice
 
-__all__ = ["check_cross_attention", "check_text_guidance", "check_noise_augmentation", "HELD_OUT_CHOICES",
-           "commit_held_out_prediction", "held_out_truth", "reveal_held_out"]
+__all__ = ["check_clip_loss", "check_zero_shot", "UPSIDE_DOWN_CHOICES", "commit_upside_down_prediction",
+           "upside_down_truth", "reveal_upside_down"]
 
 
-# -- exercise 1: cross-attention with a padding mask ---------------------------------------------------------------
+# -- exercise 1: the symmetric InfoNCE loss ------------------------------------------------------------------------
 
-def _attention_inputs():
-    """Two cases: q [B, h, N, d], k and v [B, h, L, d] (N ≠ L, so a softmax over the wrong axis shows) and a
-    padding mask [B, L] with prompts of different lengths (and one without padding)."""
-    gen = torch.Generator().manual_seed(10)
+def _loss_inputs():
+    """Two cases of unnormalised embeddings (rows of very different lengths, so normalisation matters), the
+    captions loosely matching their images (a realistic, not a random, loss), and a logit scale."""
+    gen = torch.Generator().manual_seed(9)
     cases = []
-    for B, h, N, L, d, real in ((2, 2, 5, 7, 8, (3, 7)), (3, 4, 9, 6, 4, (2, 5, 1))):
-        q = 1.5 * torch.randn(B, h, N, d, generator=gen, dtype=torch.float64)
-        k = 1.5 * torch.randn(B, h, L, d, generator=gen, dtype=torch.float64)
-        v = torch.randn(B, h, L, d, generator=gen, dtype=torch.float64)
-        mask = torch.arange(L)[None] < torch.tensor(real)[:, None]
-        cases.append((q, k, v, mask))
+    for n, d, scale in ((6, 8, 1 / INIT_TEMPERATURE), (5, 16, 3.0)):
+        image = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        text = image + 0.8 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+        image = image * (0.3 + 3 * torch.rand(n, 1, generator=gen, dtype=torch.float64))
+        text = text * (0.3 + 3 * torch.rand(n, 1, generator=gen, dtype=torch.float64))
+        cases.append((image, text, torch.tensor(scale, dtype=torch.float64)))
     return cases
 
 
-def _attention_mistakes(q, k, v, mask):
-    """(wrong weights, wrong output, message) for the typical mistakes."""
-    d = q.shape[-1]
-    raw = q @ k.transpose(-1, -2)
-    m = mask[:, None, None, :]
-    scaled = raw / math.sqrt(d)
-    masked = scaled.masked_fill(~m, float("-inf"))
-    out = []
+def _ce(logits, target=None, reduction="mean"):
+    target = torch.arange(logits.shape[0]) if target is None else target
+    return F.cross_entropy(logits, target, reduction=reduction)
 
-    def add(weights, message, values=v):
-        out.append((weights, weights @ values, message))
 
-    add(raw.masked_fill(~m, float("-inf")).softmax(-1),
-        "no √d scaling: divide the scores Q Kᵀ by √d (d = the last dimension of q) before the softmax, or "
-        "they grow with d and the softmax saturates.")
-    add((raw / d).masked_fill(~m, float("-inf")).softmax(-1),
-        "you divided the scores by d; the scaling is 1/√d (math.sqrt(q.shape[-1])).")
-    add((raw * math.sqrt(d)).masked_fill(~m, float("-inf")).softmax(-1),
-        "you multiplied the scores by √d; divide by it.")
-    add(masked.softmax(-2),
-        "softmax over the wrong axis (dim −2, the positions): each position (query) spreads its attention over "
-        "the L tokens, so the softmax runs over the last axis (dim −1) and each row of weights sums to 1.")
-    add(scaled.softmax(-1),
-        "the padding mask is ignored: padded tokens (mask False) must get weight exactly 0. Set their scores to "
-        "−inf before the softmax (scores.masked_fill(~mask[:, None, None, :], float('-inf'))).")
-    add(scaled.softmax(-1) * m,
-        "you zeroed the padded tokens' weights *after* the softmax without renormalising: the remaining "
-        "weights no longer sum to 1. Mask the scores with −inf *before* the softmax.")
-    add(scaled.masked_fill(~m, 0.0).softmax(-1),
-        "you set the padded tokens' scores to 0, which is not \"no attention\" (e⁰ = 1): use −inf, so their "
-        "weight after the softmax is exactly 0.")
-    add(scaled.masked_fill(m, float("-inf")).softmax(-1).nan_to_num(0.0),
-        "the mask is inverted: True marks a real token (attend), False a padding token (weight 0).")
-    add(masked.softmax(-1), "the output is weights · V, the values; you multiplied the weights with the keys.",
-        values=k)
+def _loss_mistakes(image, text, scale):
+    """(wrong loss, message) for the typical mistakes."""
+    i, t = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    cos = i @ t.t()
+    logits = scale * cos
+    n = logits.shape[0]
+    both = lambda lg, **kw: 0.5 * (_ce(lg, **kw) + _ce(lg.t(), **kw))  # noqa: E731
+    return [
+        (_ce(logits), "you used one direction only (images → captions, the rows). CLIP's loss is symmetric: "
+                      "average it with the cross-entropy of the transposed logits (captions → images)."),
+        (_ce(logits.t()), "you used one direction only (captions → images, the columns). CLIP's loss is "
+                          "symmetric: average it with the cross-entropy of the logits' rows (images → captions)."),
+        (_ce(logits) + _ce(logits.t()), "you added the two directions; CLIP averages them: ½ (L_images + L_text)."),
+        (both(cos), "no temperature: multiply the cosine similarities by logit_scale (= 1/τ) before the "
+                    "cross-entropy; cosines alone lie in [−1, 1], too flat for a softmax over the batch."),
+        (both(cos / scale), "you divided by logit_scale: it is already 1/τ, so *multiply* the cosine "
+                            "similarities by it (logits = logit_scale · cos)."),
+        (both(scale.exp() * cos), "logit_scale is already exp(t) = 1/τ (the model's clamped_logit_scale()): "
+                                  "multiply by it as it is, without another exp."),
+        (both(scale * image @ text.t()), "the embeddings must be L2-normalised first (F.normalize(x, dim=-1)): "
+                                         "the logits are scaled *cosine* similarities."),
+        (both(scale * i @ text.t()), "normalise the text embeddings too: both sides must have unit length."),
+        (both(scale * image @ t.t()), "normalise the image embeddings too: both sides must have unit length."),
+        (both(scale * F.normalize(image, dim=0) @ F.normalize(text, dim=0).t()),
+         "you normalised over the wrong dimension (dim=0, across the batch): each embedding (row) gets unit "
+         "length, F.normalize(x, dim=-1)."),
+        (both(logits, reduction="sum"), "you summed the cross-entropy over the pairs; take the mean over the "
+                                        "batch (F.cross_entropy's default), so the loss does not grow with N."),
+        (_ce(logits, reduction="sum") + _ce(logits.t(), reduction="sum"),
+         "you summed over the pairs and over the two directions; take the mean over the batch and average the "
+         "two directions."),
+        (both(logits, target=torch.zeros(n, dtype=torch.long)),
+         "wrong targets: caption i belongs to image i, so the targets are torch.arange(N) (the diagonal), "
+         "not all zeros."),
+        (both(logits, target=torch.arange(n - 1, -1, -1)),
+         "wrong targets: the matching pairs are on the diagonal, so the target of row i is i (torch.arange(N))."),
+        (both(logits.softmax(-1)), "F.cross_entropy applies log-softmax itself: pass it the logits, not "
+                                   "softmax probabilities."),
+        (0.5 * (F.binary_cross_entropy_with_logits(logits, torch.eye(n, dtype=logits.dtype))
+                + F.binary_cross_entropy_with_logits(logits.t(), torch.eye(n, dtype=logits.dtype))),
+         "that is a binary (sigmoid) loss per pair; CLIP's is a softmax cross-entropy over each row and "
+         "column with targets torch.arange(N)."),
+        (-(logits.diagonal()).mean(), "the loss is a cross-entropy: the diagonal logits must also be compared "
+                                      "with the rest of their row and column (softmax), not just maximised."),
+    ]
+
+
+def check_clip_loss(fn) -> None:
+    """`fn(image_emb, text_emb, logit_scale)` (unnormalised [N, d] embeddings of N matching pairs, and
+    logit_scale = 1/τ, a 0-dim tensor) must return CLIP's loss: one number,
+    ½ [CE(s · Î Tᵀ, arange N) + CE(s · T Îᵀ, arange N)] with Î, T the L2-normalised embeddings."""
+    for k, (image, text, scale) in enumerate(_loss_inputs()):
+        out = call_answer(fn, "clip_loss", image.clone(), text.clone(), scale.clone())
+        got = as_tensor(out, "clip_loss")
+        ref = clip_loss(image, text, scale).detach()
+        if got.numel() != 1:
+            n = image.shape[0]
+            if got.shape == (n,) and allclose(got, 0.5 * (_ce(scale * F.normalize(image, dim=-1) @ F.normalize(
+                    text, dim=-1).t(), reduction="none") + _ce(scale * F.normalize(text, dim=-1) @ F.normalize(
+                    image, dim=-1).t(), reduction="none")), rtol=1e-6):
+                raise ExerciseError("you return one loss per pair: average them over the batch (one number).")
+            if got.shape == (n, n):
+                raise ExerciseError("that is an [N, N] matrix (the logits?); the loss is one number: the "
+                                    "cross-entropy of its rows and of its columns, averaged.")
+            raise ExerciseError(f"`clip_loss` should return one number, got shape {tuple(got.shape)}.")
+        got = got.reshape(())
+        if not torch.isfinite(got):
+            raise ExerciseError("`clip_loss` is NaN or inf: did you normalise by a zero norm, or take log(0)?")
+        if allclose(got, ref, rtol=1e-5, atol=1e-8):
+            continue
+        for wrong, message in _loss_mistakes(image, text, scale):
+            if allclose(got, wrong.detach(), rtol=1e-5, atol=1e-8):
+                raise ExerciseError(message)
+        raise ExerciseError(f"for N = {image.shape[0]} pairs of {image.shape[1]}-dimensional embeddings and "
+                            f"logit_scale {float(scale):.3g} you return {float(got):.5g}, expected "
+                            f"{float(ref):.5g}. Normalise, scale the cosine similarities, then average the "
+                            f"cross-entropies of the rows and of the columns (targets torch.arange(N)).")
+    passed("½ [CE(s · cos, arange N) over the rows + the same over the columns], with L2-normalised embeddings "
+           "and s = logit_scale = 1/τ: the symmetric InfoNCE loss of CLIP (Radford et al. 2021, Fig. 3).")
+
+
+# -- exercise 2: zero-shot prediction with prompt ensembling ------------------------------------------------------
+
+def _zero_shot_inputs():
+    """Unit-length image embeddings [B, d] and per-template class embeddings [T, K, d] (each unit length), built
+    so that every typical mistake changes some predictions: the templates of some classes disagree a lot (their
+    mean is short, so skipping the re-normalisation matters) and each template alone errs on other images."""
+    gen = torch.Generator().manual_seed(19)
+    T, K, d, B = 3, 10, 16, 60
+    centres = torch.randn(K, d, generator=gen, dtype=torch.float64)
+    spread = torch.linspace(0.3, 1.6, K, dtype=torch.float64)[torch.randperm(K, generator=gen)]
+    templates = F.normalize(centres + spread[:, None] * torch.randn(T, K, d, generator=gen, dtype=torch.float64),
+                            dim=-1)
+    labels = torch.arange(B) % K
+    images = F.normalize(centres[labels] + 1.2 * torch.randn(B, d, generator=gen, dtype=torch.float64), dim=-1)
+    return images, templates
+
+
+def _ensemble_predict(images, templates):
+    """The reference: CLIP's prompt ensembling (as `CLIP.class_embeddings` + `zero_shot_classify`)."""
+    classes = F.normalize(templates.mean(0), dim=-1)  # [K, d]
+    return (images @ classes.t()).argmax(1)
+
+
+def _zero_shot_mistakes(images, templates):
+    mean = templates.mean(0)
+    sim = images @ F.normalize(mean, dim=-1).t()  # [B, K]
+    out = [
+        ((images @ mean.t()).argmax(1),
+         "you did not re-normalise after averaging the templates (or you averaged the similarities, which is the "
+         "same): the mean of unit vectors is shorter than 1, more so where the templates disagree. "
+         "F.normalize(template_embs.mean(0), dim=-1) before the cosine similarity."),
+        ((images @ F.normalize(templates.mean(1), dim=-1).t()).argmax(1),
+         "you averaged over the classes (dim 1) instead of the templates (dim 0): template_embs is [T, K, d]."),
+        ((torch.einsum("bd,tkd->btk", images, templates).amax(1)).argmax(1),
+         "you took each class's best template per image (max over templates); prompt ensembling averages the "
+         "embeddings of all templates."),
+    ]
+    for scale in (1.0, 1 / INIT_TEMPERATURE, MAX_LOGIT_SCALE):
+        out.append(((scale * sim).softmax(0).argmax(1),
+                    "softmax over the images (dim 0): each image's prediction then depends on the other images in "
+                    "the batch. A softmax, if you use one, goes over the classes (dim −1); argmax alone is enough."))
+    for t in range(templates.shape[0]):
+        out.append(((images @ templates[t].t()).argmax(1),
+                    f"those are the predictions of template {t} alone: average the embeddings of all "
+                    f"{templates.shape[0]} templates (dim 0 of template_embs), then re-normalise."))
     return out
 
 
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal shapes and values, NaN where the other has NaN (a mistake may produce NaN rows)."""
-    return a.shape == b.shape and bool(torch.allclose(a, b.to(a.dtype), rtol=1e-6, atol=1e-9, equal_nan=True))
+def _as_predictions(value, B: int, K: int) -> torch.Tensor:
+    if value is None:
+        raise ExerciseError("`zero_shot_predict` returned None: did you forget to return the predictions?")
+    try:
+        pred = torch.as_tensor(value).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise ExerciseError(f"`zero_shot_predict` should return a tensor of class indices, got "
+                            f"{type(value).__name__}") from None
+    if pred.shape == (B, K):
+        raise ExerciseError(f"you return scores of shape [B, K] = {tuple(pred.shape)}; return the predicted class "
+                            "per image: the argmax over the classes (dim 1).")
+    if pred.shape == (K,):
+        raise ExerciseError(f"you return {K} values, one per class: that is an argmax over the images. Take "
+                            f"the argmax over the classes, one prediction per image (shape [{B}]).")
+    if pred.shape != (B,):
+        raise ExerciseError(f"`zero_shot_predict` should return one class index per image, shape [{B}], got "
+                            f"{tuple(pred.shape)}.")
+    if pred.is_floating_point():
+        if not torch.equal(pred, pred.round()):
+            raise ExerciseError("the predictions should be class indices (integers from argmax), not scores.")
+        pred = pred.long()
+    return pred.long()
 
 
-def _unpack_attention(answer, shape_out, shape_w):
-    if answer is None:
-        raise ExerciseError("`cross_attention` returned None: return (output, weights).")
-    if torch.is_tensor(answer):
-        if tuple(answer.shape) == shape_out:
-            raise ExerciseError("you returned only the output: return the pair (output, weights), the weights "
-                                "being the softmax [B, heads, N, L] (notebook 10 draws them).")
-        raise ExerciseError(f"return the pair (output, weights), got one tensor of shape {tuple(answer.shape)}.")
-    if not isinstance(answer, (tuple, list)) or len(answer) != 2:
-        raise ExerciseError(f"return the pair (output, weights), got {type(answer).__name__}.")
-    out, weights = (as_tensor(a, name) for a, name in zip(answer, ("output", "weights")))
-    if tuple(out.shape) == shape_w and tuple(weights.shape) == shape_out:
-        raise ExerciseError("return (output, weights) in this order: the output first.")
-    if tuple(weights.shape) != shape_w:
-        raise ExerciseError(f"the weights should have shape [B, heads, N, L] = {list(shape_w)} (one weight per "
-                            f"position and token), got {list(weights.shape)}.")
-    if tuple(out.shape) != shape_out:
-        raise ExerciseError(f"the output should have shape [B, heads, N, d] = {list(shape_out)}, like q, got "
-                            f"{list(out.shape)}.")
-    return out, weights
-
-
-def check_cross_attention(fn) -> None:
-    """`fn(q, k, v, mask)` (q [B, h, N, d]; k, v [B, h, L, d]; mask [B, L] bool, True = a real token) must return
-    (output [B, h, N, d], weights [B, h, N, L]): weights = softmax over L of Q Kᵀ / √d with padded tokens at
-    weight 0, output = weights · V."""
-    for q, k, v, mask in _attention_inputs():
-        B, h, N, d = q.shape
-        L = k.shape[2]
-        ref_out, ref_w = attention(q, k, v, mask)
-        out, weights = _unpack_attention(call_answer(fn, "cross_attention", q.clone(), k.clone(), v.clone(),
-                                                     mask.clone()), (B, h, N, d), (B, h, N, L))
-        if _same(weights, ref_w) and _same(out, ref_out):
-            continue
-        for wrong_w, wrong_out, message in _attention_mistakes(q, k, v, mask):
-            if _same(out, wrong_out) or (not _same(wrong_w, ref_w) and _same(weights, wrong_w)):
+def check_zero_shot(fn) -> None:
+    """`fn(image_emb, template_embs)` (unit-length image embeddings [B, d]; class embeddings per template
+    [T, K, d], each unit length) must return the predicted class per image ([B] integers): the argmax over
+    classes of cos(image, normalise(mean over templates))."""
+    images, templates = _zero_shot_inputs()
+    B, K = images.shape[0], templates.shape[1]
+    ref = _ensemble_predict(images, templates)
+    got = _as_predictions(call_answer(fn, "zero_shot_predict", images.clone(), templates.clone()), B, K)
+    if not torch.equal(got, ref):
+        for wrong, message in _zero_shot_mistakes(images, templates):
+            if torch.equal(got, wrong):
                 raise ExerciseError(message)
-        if not torch.isfinite(weights).all() or not torch.isfinite(out).all():
-            raise ExerciseError("NaN or inf in your result: a row whose scores are all −inf gives NaN in the "
-                                "softmax. Is the mask inverted? True marks a real token (attend), False a padding "
-                                "token (weight 0); every prompt has at least one real token.")
-        if _same(weights, ref_w):
-            raise ExerciseError("the weights are right but the output is not: it is weights @ v, shape "
-                                "[B, heads, N, d].")
-        padded = weights.masked_select(~mask[:, None, None, :].expand(B, h, N, L))
-        if padded.numel() and padded.abs().max() > 1e-9:
-            raise ExerciseError("padded tokens (mask False) still get attention: their weights must be exactly 0.")
-        raise ExerciseError(f"for q of shape {list(q.shape)} your weights differ from softmax(Q Kᵀ / √d) (padding "
-                            f"masked) by up to {(weights - ref_w).abs().max().item():.3g}.")
-    passed("weights = softmax(Q Kᵀ / √d) over the tokens with padding at −inf (weight 0), output = weights · V: "
-           "the cross-attention of the U-Net's SpatialTransformer (ddpm_lite.transformer.attention).")
+        alone = torch.cat([_as_predictions(call_answer(fn, "zero_shot_predict", images[i:i + 1].clone(),
+                                                       templates.clone()), 1, K) for i in range(4)])
+        if not torch.equal(alone, got[:4]):
+            raise ExerciseError("an image's prediction changes with the other images in the batch (a softmax "
+                                "or a normalisation over the images, dim 0?): classify each image on its own, "
+                                "argmax over the classes.")
+        wrong = int((got != ref).sum())
+        raise ExerciseError(f"{wrong} of {B} predictions differ from prompt ensembling's. Average the templates' "
+                            f"embeddings (dim 0), re-normalise each class embedding, take the cosine similarity "
+                            f"with every image and the argmax over the classes.")
+    # the same on a second batch, in float32 as the model's embeddings are
+    more = F.normalize(images.flip(0)[: B // 2] + 0.3 * images[: B // 2], dim=-1).float()
+    got2 = _as_predictions(call_answer(fn, "zero_shot_predict", more.clone(), templates.float()), B // 2, K)
+    if not torch.equal(got2, _ensemble_predict(more.double(), templates)):
+        raise ExerciseError("right on the first batch, wrong on a second one (float32, 30 images): does your "
+                            "function depend on the batch size or on the dtype?")
+    passed("average the T templates' embeddings, re-normalise, cosine similarity, argmax over the classes: CLIP's "
+           "zero-shot classifier with prompt ensembling (Radford et al. 2021, §3.1.4).")
 
 
-# -- exercise 2: classifier-free guidance against the empty prompt ------------------------------------------------
+# -- predict, then run: does the CLIP read an upside-down seven? --------------------------------------------------
 
-def _guidance_setup():
-    """A small text-conditioned UNet (random, perturbed weights so that the context matters) and a TextCondition
-    whose null is an "empty prompt" encoding with its own mask (1 real token), unlike the prompts' masks."""
-    from ..unet import UNet
-
-    torch.manual_seed(0)
-    model = UNet(image_size=8, in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(4,), num_heads=2, dropout=0.0, num_groups=4, context_dim=6)
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    model.eval().double()
-    L = 5
-    context = torch.randn(3, L, 6, generator=g, dtype=torch.float64)
-    mask = torch.arange(L)[None] < torch.tensor([3, 5, 2])[:, None]
-    null_context = torch.randn(L, 6, generator=g, dtype=torch.float64)
-    null_mask = torch.arange(L) < 2
-    prompts = ["a seven", "a thick two, shifted to the left", "a one"]
-    cond = TextCondition(context, mask, null_context, null_mask, prompts)
-    x = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
-    t = torch.tensor([40, 400, 900])
-    return model, cond, x, t
-
-
-def _guidance_mistakes(model, cond, x, t):
-    """{name: (function of w, message)} for the typical mistakes."""
-    with torch.no_grad():
-        e_c = model(x, t, **cond.model_kwargs())
-        null = cond.null()
-        e_u = model(x, t, **null.model_kwargs())
-        zero = model(x, t, context=torch.zeros_like(cond.context), context_mask=cond.mask)
-        zero_nomask = model(x, t, context=torch.zeros_like(cond.context))
-        unmasked_null = model(x, t, context=null.context)
-        prompt_mask_null = model(x, t, context=null.context, context_mask=cond.mask)
-        e_c_unmasked = model(x, t, context=cond.context)
-    return [
-        (lambda w: w * e_c + (1 - w) * e_u,
-         "you used w as the guidance scale s: ε_∅ + w (ε_c − ε_∅). In this course w = s − 1: (1 + w) ε_c − w ε_∅, "
-         "so w = 0 gives the plain conditional prediction."),
-        (lambda w: (1 + w) * e_u - w * e_c,
-         "the two branches are swapped: guidance pushes towards the prompt, (1 + w) ε(x, c) − w ε(x, ∅)."),
-        (lambda w: w * e_c - (1 + w) * e_u + 0 * w,
-         "w and 1 + w are swapped: (1 + w) multiplies the conditional prediction, w the unconditional one."),
-        (lambda w: (1 - w) * e_c + w * e_u,
-         "wrong sign: ε̃ = (1 + w) ε_c − w ε_∅ moves *away* from the unconditional prediction."),
-        (lambda w: e_c + 0 * w, "that is the conditional prediction alone: no guidance for any w."),
-        (lambda w: (1 + w) * e_c - w * zero,
-         "the unconditional branch is the encoding of the empty prompt \"\" (cond.null()), not a context of "
-         "zeros: the U-Net learned ε(x, ∅) from captions dropped to \"\" (caption dropout)."),
-        (lambda w: (1 + w) * e_c - w * zero_nomask,
-         "the unconditional branch is the encoding of the empty prompt \"\" (cond.null(), with its mask), not a "
-         "context of zeros."),
-        (lambda w: (1 + w) * e_c - w * unmasked_null,
-         "the empty prompt's branch was called without its mask: pass cond.null()'s context_mask too (the model "
-         "otherwise attends to its padding tokens, which it never did in training)."),
-        (lambda w: (1 + w) * e_c - w * prompt_mask_null,
-         "the empty prompt's context needs the empty prompt's own mask (cond.null().mask: only <start> and <end> "
-         "are real), not the prompts' masks. Use cond.null() whole: model(x, t, **cond.null().model_kwargs())."),
-        (lambda w: (1 + w) * e_c_unmasked - w * e_u,
-         "the conditional branch was called without the prompts' padding mask: pass context_mask=cond.mask (or "
-         "**cond.model_kwargs())."),
-    ]
-
-
-def check_text_guidance(fn) -> None:
-    """`fn(model, x_t, t, cond, w)` (a text-conditioned UNet, called as model(x_t, t, context=...,
-    context_mask=...); cond a `TextCondition`) must return (1 + w) ε(x_t, c) − w ε(x_t, ∅), the unconditional
-    branch being `cond.null()`: the empty prompt's encoding and mask."""
-    model, cond, x, t = _guidance_setup()
-    diffusion = GaussianDiffusion("linear", timesteps=1000)
-    weights = (0.0, 1.0, 3.0, 7.5)
-    answers, refs = [], []
-    for w in weights:
-        with torch.no_grad():
-            got = call_answer(fn, "text_guided_eps", model, x.clone(), t.clone(), cond, w)
-        got = as_tensor(got, "text_guided_eps")
-        if got.shape != x.shape:
-            raise ExerciseError(f"text_guided_eps should return a prediction shaped like x_t {list(x.shape)}, got "
-                                f"{list(got.shape)}.")
-        with torch.no_grad():
-            refs.append(diffusion.model_output(model, x, t, cond, guidance=w).double())
-        answers.append(got)
-    if all(allclose(a, r, rtol=1e-6, atol=1e-9) for a, r in zip(answers, refs)):
-        passed("ε̃ = (1 + w) ε(x_t, c) − w ε(x_t, ∅) with ∅ = the empty prompt (cond.null()) matches "
-               "GaussianDiffusion.model_output for w = 0, 1, 3, 7.5: Stable Diffusion's guidance.")
-        return
-    for form, message in _guidance_mistakes(model, cond, x, t):
-        if all(allclose(a, form(w).double(), rtol=1e-6, atol=1e-9) for a, w in zip(answers, weights)):
-            raise ExerciseError(message)
-    if not allclose(answers[0], refs[0], rtol=1e-6, atol=1e-9):
-        raise ExerciseError("with w = 0 guidance is off: the result must be the conditional prediction "
-                            "model(x_t, t, **cond.model_kwargs()) exactly.")
-    worst = max((a - r).abs().max().item() for a, r in zip(answers, refs))
-    raise ExerciseError(f"your guided prediction differs from (1 + w) ε(x_t, c) − w ε(x_t, ∅) by up to "
-                        f"{worst:.3g}.")
-
-
-# -- exercise 3: noise-conditioning augmentation ------------------------------------------------------------------
-
-def _augmentation_inputs():
-    gen = torch.Generator().manual_seed(12)
-    diffusion = GaussianDiffusion("linear", timesteps=1000)
-    low = torch.rand(3, 1, 14, 14, generator=gen, dtype=torch.float64) * 2 - 1
-    size = 28
-    aug_level = torch.tensor([0, 120, 250])
-    noise = torch.randn(3, 1, size, size, generator=gen, dtype=torch.float64)
-    return diffusion, low, size, aug_level, noise
-
-
-def _augmentation_mistakes(diffusion, low, size, aug_level, noise):
-    ac = diffusion.schedule.alphas_cumprod.double()
-    a = ac[aug_level][:, None, None, None]
-    up = upsample(low, (size, size))
-    nearest = F.interpolate(low, size=(size, size), mode="nearest")
-    corners = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=True)
-    prev = ac[(aug_level - 1).clamp(min=0)][:, None, None, None]
-    nxt = ac[(aug_level + 1).clamp(max=len(ac) - 1)][:, None, None, None]
-    return [
-        (a * up + (1 - a) * noise, "the coefficients are √ᾱ_s and √(1 − ᾱ_s): you used ᾱ_s and 1 − ᾱ_s without "
-                                   "the square roots."),
-        (a.sqrt() * up + (1 - a) * noise, "the noise's coefficient is √(1 − ᾱ_s), the square root."),
-        (a * up + (1 - a).sqrt() * noise, "the image's coefficient is √ᾱ_s, the square root of alphas_cumprod."),
-        (up + (1 - a).sqrt() * noise, "the image must be scaled by √ᾱ_s too: x_s = √ᾱ_s · up + √(1 − ᾱ_s) · "
-                                      "noise (q_sample), so the total variance stays about 1."),
-        ((1 - a).sqrt() * up + a.sqrt() * noise, "the coefficients are swapped: √ᾱ_s multiplies the image, "
-                                                 "√(1 − ᾱ_s) the noise."),
-        (a.sqrt() * nearest + (1 - a).sqrt() * noise, "the upsampling is bilinear (F.interpolate(..., "
-                                                      "mode='bilinear', align_corners=False)), not nearest."),
-        (a.sqrt() * corners + (1 - a).sqrt() * noise, "use align_corners=False (the package's `upsample`, as the "
-                                                      "training views were made)."),
-        (prev.sqrt() * up + (1 - prev).sqrt() * noise, "ᾱ at the wrong timestep: index alphas_cumprod with "
-                                                       "aug_level itself (timestep s, 0-based)."),
-        (nxt.sqrt() * up + (1 - nxt).sqrt() * noise, "ᾱ at the wrong timestep: index alphas_cumprod with "
-                                                     "aug_level itself (timestep s, 0-based)."),
-        (up, "no noise was added: noise-conditioning augmentation forward-noises the upsampled image to timestep "
-             "aug_level."),
-    ]
-
-
-def check_noise_augmentation(fn) -> None:
-    """`fn(low, size, aug_level, alphas_cumprod, noise)` (low [B, C, h, w] in [-1, 1]; size an int; aug_level [B]
-    timesteps; alphas_cumprod [T]; noise [B, C, size, size]) must return √ᾱ_s · up + √(1 − ᾱ_s) · noise, with
-    up = `low` upsampled bilinearly (align_corners=False) to size × size and s = aug_level per image."""
-    diffusion, low, size, aug_level, noise = _augmentation_inputs()
-    alphas_cumprod = diffusion.schedule.alphas_cumprod.double().clone()
-    got = as_tensor(call_answer(fn, "noise_augment", low.clone(), size, aug_level.clone(), alphas_cumprod,
-                                noise.clone()), "noise_augment")
-    ref = diffusion.q_sample(upsample(low, (size, size)), aug_level, noise)
-    if tuple(got.shape) == tuple(low.shape):
-        raise ExerciseError(f"the result has the low resolution {list(low.shape)}: upsample to size × size first "
-                            f"(the super-resolution stage works at {size}×{size}).")
-    if got.shape != ref.shape:
-        raise ExerciseError(f"the result should have shape {list(ref.shape)} (like noise), got {list(got.shape)}.")
-    if allclose(got, ref, rtol=1e-6, atol=1e-9):
-        passed("up = bilinear upsampling, then x_s = √ᾱ_s · up + √(1 − ᾱ_s) · ε at each image's aug_level: the "
-               "super-resolution stage's noise-conditioning augmentation (q_sample of the upsampled low-res image).")
-        return
-    for wrong, message in _augmentation_mistakes(diffusion, low, size, aug_level, noise):
-        if allclose(got, wrong, rtol=1e-6, atol=1e-9):
-            raise ExerciseError(message)
-    same_level = [allclose(got[i], ref[i], rtol=1e-6, atol=1e-9) for i in range(len(aug_level))]
-    if any(same_level) and not all(same_level):
-        raise ExerciseError(f"right for some images only ({sum(same_level)} of {len(same_level)}): each image has "
-                            f"its own aug_level; index alphas_cumprod with the whole [B] tensor and reshape to "
-                            f"[B, 1, 1, 1].")
-    raise ExerciseError(f"your augmented images differ from √ᾱ_s · up + √(1 − ᾱ_s) · noise by up to "
-                        f"{(got - ref).abs().max().item():.3g}.")
-
-
-# -- predict, then run: a held-out combination --------------------------------------------------------------------
-
-HELD_OUT_CHOICES = {
-    "a": "upside-down sevens: the models know both words and compose them, as they do for \"a small five\"",
-    "b": "something upside-down that, turned back, is not a seven",
-    "c": "upright sevens: the models ignore \"upside-down\" for a digit they never saw turned",
+UPSIDE_DOWN_CHOICES = {
+    "a": "most of them (over 60 %): it knows \"seven\" and it knows \"upside-down\", and the probe says it composes",
+    "b": "some of them (20 % to 60 %)",
+    "c": "few of them (under 20 %): it reads them as other digits",
 }
 
 
-def commit_held_out_prediction(prediction) -> str:
-    """Before the run: what do mini-SD and mini-Imagen draw for "an upside-down seven"?"""
-    return commit_choice(prediction, HELD_OUT_CHOICES)
+def commit_upside_down_prediction(prediction) -> str:
+    """Before the run: what share of the upside-down test sevens will the zero-shot classifier call "seven"?"""
+    return commit_choice(prediction, UPSIDE_DOWN_CHOICES)
 
 
-def held_out_truth(digit: float, upside_down: float) -> str:
-    """The choice the measurements support. `digit`: share of the images read as a seven once rotated back;
-    `upside_down`: share the CLIP judges upside-down (both averaged over the systems). Mostly not upside down:
-    (c); upside down and a seven: (a); upside down but not a seven: (b)."""
-    if upside_down < 0.5:
-        return "c"
-    return "a" if digit >= 0.5 else "b"
+def upside_down_truth(share_read_as_seven: float) -> str:
+    """The choice that the measured share of upside-down sevens read as "seven" falls in."""
+    return "a" if share_read_as_seven > 0.6 else "b" if share_read_as_seven >= 0.2 else "c"
 
 
-def reveal_held_out(prediction, digit: float, upside_down: float) -> bool:
-    """After the run: the measurements decide; the reasoning is printed either way."""
-    why = ("the U-Net learned \"upside-down\" from the other nine digits, so it turns whatever it draws; but what "
-           "it draws for \"seven\" it learned from upright sevens only. An upside-down seven is "
-           "a new shape, and nothing in the text encoder's states (the same CLIP's, which did not read upside-down "
-           "sevens as sevens either) tells the U-Net what it looks like. So the words do not compose into the "
-           "picture: the models follow \"upside-down\" and fall back on strokes of the upside-down digits they "
-           "saw. \"A small five\" composes because shrinking keeps the shape that \"five\" names.")
-    return reveal_choice(prediction, held_out_truth(digit, upside_down), HELD_OUT_CHOICES, why,
-                         measured=f"measured over both systems: {upside_down:.0%} judged upside-down by the CLIP, "
-                                  f"{digit:.0%} read as a seven once rotated back")
+def reveal_upside_down(prediction, share_read_as_seven: float, most_common: str = "") -> bool:
+    """After the run: the measured share decides; the reasoning is printed either way."""
+    why = ("the zero-shot classifier asks \"which of 'a zero' … 'a nine' is nearest?\", and a seven turned by 180° "
+           "has the shape of no upright seven: its bar sits at the bottom, its stem leans up from it. \"seven\" was "
+           "only ever said of upright sevens, so the image encoder never learned to map this "
+           "shape near it; the nearest digit name is the one whose upright or rotated shapes it resembles. The "
+           "probe succeeded because it asked an easier question: *given* a seven, upright or upside down? That "
+           "needs only the orientation, which the encoder learned from the other nine digits. Composition works "
+           "when the transformation keeps the shape that the word names, not when it makes a new one.")
+    measured = f"measured: {share_read_as_seven:.0%} read as \"seven\""
+    if most_common:
+        measured += f", most often as \"{most_common}\""
+    return reveal_choice(prediction, upside_down_truth(share_read_as_seven), UPSIDE_DOWN_CHOICES, why,
+                         measured=measured)

@@ -1,235 +1,360 @@
-"""Checks for notebook 11, "DreamBooth: personalising the text-to-image model".
+"""Checks for notebook 11, "Text to image: a mini Stable Diffusion and a mini Imagen".
 
 Exercises:
-    1. `check_prior_preservation_loss(fn)`: DreamBooth's loss (Ruiz et al. 2023, eq. 2),
-       fn(model, diffusion, x, c, x_pr, c_pr, lam, t, noise, t_pr, noise_pr) -> a scalar: the diffusion loss of
-       the subject images x under the instance prompt c (at timesteps t with noise `noise`) plus λ times the
-       diffusion loss of the class images x_pr under the class prompt c_pr (at t_pr with noise_pr), each the batch
-       mean of `diffusion.training_losses(...)["loss"]`; compared with `personalize.prior_preservation_loss`,
-       which the notebook's fine-tuning then runs with the learner's function.
-    2. `check_class_images(fn, pipe)`: the prior-preservation set, fn(pipe, class_noun, n, generator) -> n samples
-       of the *frozen* model for the class prompt "a <class>", kept in the space the model denoises (4×7×7
-       latents for mini Stable Diffusion): checked by shape, by decoding and classifying them (they must be
-       the class, and varied), and against the typical mistakes.
-    Predict, then run: `DRIFT_CHOICES`, `commit_drift_prediction(p)` before the fine-tuning without prior
-       preservation, `reveal_drift(p, accuracy)` after it: what share of "a seven" samples stay sevens?
+    1. `check_cross_attention(fn)`: multi-head cross-attention from queries, keys and values with a padding mask
+       (Rombach et al. 2022, §3.3), fn(q, k, v, mask) -> (output, weights): weights = softmax(Q Kᵀ / √d) over
+       the L tokens, padded tokens (mask False) getting exactly 0, output = weights · V; compared with
+       `ddpm_lite.transformer.attention`, which the U-Net's `CrossAttention` uses.
+    2. `check_text_guidance(fn)`: classifier-free guidance against the **empty prompt**, fn(model, x_t, t, cond, w)
+       -> ε̃ = (1 + w) ε(x_t, c) − w ε(x_t, ∅) with ∅ = `cond.null()` (the encoding of "" and its mask);
+       compared with `GaussianDiffusion.model_output(model, x_t, t, cond, guidance=w)`, what every sampler uses.
+    3. `check_noise_augmentation(fn)`: a cascade's noise-conditioning augmentation (Ho et al. 2022 §3.2; Imagen
+       §2.5), fn(low, size, aug_level, alphas_cumprod, noise) -> the low-resolution image upsampled bilinearly
+       to `size`, then forward-noised to timestep `aug_level`: √ᾱ_s · up + √(1 − ᾱ_s) · noise; compared with
+       `text_to_image.upsample` and `GaussianDiffusion.q_sample`, what the super-resolution stage does.
+    Predict, then run: `HELD_OUT_CHOICES`, `commit_held_out_prediction(p)` before the held-out prompts are
+       sampled, `reveal_held_out(p, digit, upside_down)` after: what do the two systems draw for "an upside-down
+       seven", a combination no training caption had?
 
-Every reference is computed by the package at check time. Each planted mistake (λ left out or on the wrong term,
-prompts swapped, the class images noised with the subject's noise or timesteps, the sum over the batch instead
-of the mean, the unweighted ε-MSE, the model fed clean images, the prior term alone; decoded images, the
-instance prompt, the empty prompt, the subject images themselves, one image repeated) gets a message naming it.
+Every reference is computed by the package at check time, never typed in. Each planted mistake (no √d scaling,
+softmax over the positions, the mask ignored, inverted or applied after the softmax, masked scores set to 0,
+values from the keys; branches swapped, the guidance scale s used as w, a zero or unmasked null context, the
+prompt's mask on the empty prompt; ᾱ without the square root, signal not scaled, coefficients swapped,
+nearest or corner-aligned upsampling, ᾱ at the wrong timestep) gets a message that names it.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
-from ..conditioning import TextCondition, call_model
+from ..conditioning import TextCondition
 from ..diffusion import GaussianDiffusion
-from ..personalize import class_prompt, prior_preservation_loss
-from . import ExerciseError, as_tensor, call_answer, commit_choice, passed, reveal_choice
+from ..text_to_image import upsample
+from ..transformer import attention
+from . import ExerciseError, allclose, as_tensor, call_answer, commit_choice, passed, reveal_choice
 
-__all__ = ["check_prior_preservation_loss", "check_class_images", "DRIFT_CHOICES", "commit_drift_prediction",
-           "drift_truth", "reveal_drift"]
+__all__ = ["check_cross_attention", "check_text_guidance", "check_noise_augmentation", "HELD_OUT_CHOICES",
+           "commit_held_out_prediction", "held_out_truth", "reveal_held_out"]
 
 
-# -- exercise 1: the prior-preservation loss ------------------------------------------------------------------------
+# -- exercise 1: cross-attention with a padding mask ---------------------------------------------------------------
 
-def _loss_setup():
-    """A small text-conditioned UNet (random, perturbed weights so that the prompt matters), min-SNR-5 like the
-    shipped model, two prompts' TextConditions, subject and class batches of different sizes, their t and noise."""
+def _attention_inputs():
+    """Two cases: q [B, h, N, d], k and v [B, h, L, d] (N ≠ L, so a softmax over the wrong axis shows) and a
+    padding mask [B, L] with prompts of different lengths (and one without padding)."""
+    gen = torch.Generator().manual_seed(10)
+    cases = []
+    for B, h, N, L, d, real in ((2, 2, 5, 7, 8, (3, 7)), (3, 4, 9, 6, 4, (2, 5, 1))):
+        q = 1.5 * torch.randn(B, h, N, d, generator=gen, dtype=torch.float64)
+        k = 1.5 * torch.randn(B, h, L, d, generator=gen, dtype=torch.float64)
+        v = torch.randn(B, h, L, d, generator=gen, dtype=torch.float64)
+        mask = torch.arange(L)[None] < torch.tensor(real)[:, None]
+        cases.append((q, k, v, mask))
+    return cases
+
+
+def _attention_mistakes(q, k, v, mask):
+    """(wrong weights, wrong output, message) for the typical mistakes."""
+    d = q.shape[-1]
+    raw = q @ k.transpose(-1, -2)
+    m = mask[:, None, None, :]
+    scaled = raw / math.sqrt(d)
+    masked = scaled.masked_fill(~m, float("-inf"))
+    out = []
+
+    def add(weights, message, values=v):
+        out.append((weights, weights @ values, message))
+
+    add(raw.masked_fill(~m, float("-inf")).softmax(-1),
+        "no √d scaling: divide the scores Q Kᵀ by √d (d = the last dimension of q) before the softmax, or "
+        "they grow with d and the softmax saturates.")
+    add((raw / d).masked_fill(~m, float("-inf")).softmax(-1),
+        "you divided the scores by d; the scaling is 1/√d (math.sqrt(q.shape[-1])).")
+    add((raw * math.sqrt(d)).masked_fill(~m, float("-inf")).softmax(-1),
+        "you multiplied the scores by √d; divide by it.")
+    add(masked.softmax(-2),
+        "softmax over the wrong axis (dim −2, the positions): each position (query) spreads its attention over "
+        "the L tokens, so the softmax runs over the last axis (dim −1) and each row of weights sums to 1.")
+    add(scaled.softmax(-1),
+        "the padding mask is ignored: padded tokens (mask False) must get weight exactly 0. Set their scores to "
+        "−inf before the softmax (scores.masked_fill(~mask[:, None, None, :], float('-inf'))).")
+    add(scaled.softmax(-1) * m,
+        "you zeroed the padded tokens' weights *after* the softmax without renormalising: the remaining "
+        "weights no longer sum to 1. Mask the scores with −inf *before* the softmax.")
+    add(scaled.masked_fill(~m, 0.0).softmax(-1),
+        "you set the padded tokens' scores to 0, which is not \"no attention\" (e⁰ = 1): use −inf, so their "
+        "weight after the softmax is exactly 0.")
+    add(scaled.masked_fill(m, float("-inf")).softmax(-1).nan_to_num(0.0),
+        "the mask is inverted: True marks a real token (attend), False a padding token (weight 0).")
+    add(masked.softmax(-1), "the output is weights · V, the values; you multiplied the weights with the keys.",
+        values=k)
+    return out
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and values, NaN where the other has NaN (a mistake may produce NaN rows)."""
+    return a.shape == b.shape and bool(torch.allclose(a, b.to(a.dtype), rtol=1e-6, atol=1e-9, equal_nan=True))
+
+
+def _unpack_attention(answer, shape_out, shape_w):
+    if answer is None:
+        raise ExerciseError("`cross_attention` returned None: return (output, weights).")
+    if torch.is_tensor(answer):
+        if tuple(answer.shape) == shape_out:
+            raise ExerciseError("you returned only the output: return the pair (output, weights), the weights "
+                                "being the softmax [B, heads, N, L] (notebook 11 draws them).")
+        raise ExerciseError(f"return the pair (output, weights), got one tensor of shape {tuple(answer.shape)}.")
+    if not isinstance(answer, (tuple, list)) or len(answer) != 2:
+        raise ExerciseError(f"return the pair (output, weights), got {type(answer).__name__}.")
+    out, weights = (as_tensor(a, name) for a, name in zip(answer, ("output", "weights")))
+    if tuple(out.shape) == shape_w and tuple(weights.shape) == shape_out:
+        raise ExerciseError("return (output, weights) in this order: the output first.")
+    if tuple(weights.shape) != shape_w:
+        raise ExerciseError(f"the weights should have shape [B, heads, N, L] = {list(shape_w)} (one weight per "
+                            f"position and token), got {list(weights.shape)}.")
+    if tuple(out.shape) != shape_out:
+        raise ExerciseError(f"the output should have shape [B, heads, N, d] = {list(shape_out)}, like q, got "
+                            f"{list(out.shape)}.")
+    return out, weights
+
+
+def check_cross_attention(fn) -> None:
+    """`fn(q, k, v, mask)` (q [B, h, N, d]; k, v [B, h, L, d]; mask [B, L] bool, True = a real token) must return
+    (output [B, h, N, d], weights [B, h, N, L]): weights = softmax over L of Q Kᵀ / √d with padded tokens at
+    weight 0, output = weights · V."""
+    for q, k, v, mask in _attention_inputs():
+        B, h, N, d = q.shape
+        L = k.shape[2]
+        ref_out, ref_w = attention(q, k, v, mask)
+        out, weights = _unpack_attention(call_answer(fn, "cross_attention", q.clone(), k.clone(), v.clone(),
+                                                     mask.clone()), (B, h, N, d), (B, h, N, L))
+        if _same(weights, ref_w) and _same(out, ref_out):
+            continue
+        for wrong_w, wrong_out, message in _attention_mistakes(q, k, v, mask):
+            if _same(out, wrong_out) or (not _same(wrong_w, ref_w) and _same(weights, wrong_w)):
+                raise ExerciseError(message)
+        if not torch.isfinite(weights).all() or not torch.isfinite(out).all():
+            raise ExerciseError("NaN or inf in your result: a row whose scores are all −inf gives NaN in the "
+                                "softmax. Is the mask inverted? True marks a real token (attend), False a padding "
+                                "token (weight 0); every prompt has at least one real token.")
+        if _same(weights, ref_w):
+            raise ExerciseError("the weights are right but the output is not: it is weights @ v, shape "
+                                "[B, heads, N, d].")
+        padded = weights.masked_select(~mask[:, None, None, :].expand(B, h, N, L))
+        if padded.numel() and padded.abs().max() > 1e-9:
+            raise ExerciseError("padded tokens (mask False) still get attention: their weights must be exactly 0.")
+        raise ExerciseError(f"for q of shape {list(q.shape)} your weights differ from softmax(Q Kᵀ / √d) (padding "
+                            f"masked) by up to {(weights - ref_w).abs().max().item():.3g}.")
+    passed("weights = softmax(Q Kᵀ / √d) over the tokens with padding at −inf (weight 0), output = weights · V: "
+           "the cross-attention of the U-Net's SpatialTransformer (ddpm_lite.transformer.attention).")
+
+
+# -- exercise 2: classifier-free guidance against the empty prompt ------------------------------------------------
+
+def _guidance_setup():
+    """A small text-conditioned UNet (random, perturbed weights so that the context matters) and a TextCondition
+    whose null is an "empty prompt" encoding with its own mask (1 real token), unlike the prompts' masks."""
     from ..unet import UNet
 
     torch.manual_seed(0)
     model = UNet(image_size=8, in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                  attention_resolutions=(4,), num_heads=2, dropout=0.0, num_groups=4, context_dim=6)
-    g = torch.Generator().manual_seed(21)
+    g = torch.Generator().manual_seed(11)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=g))
     model.eval().double()
-    diffusion = GaussianDiffusion("linear", timesteps=1000, min_snr_gamma=5.0)
-    L = 4
-
-    def cond(n, seed):
-        gg = torch.Generator().manual_seed(seed)
-        ctx = torch.randn(1, L, 6, generator=gg, dtype=torch.float64).expand(n, -1, -1).clone()
-        mask = (torch.arange(L) < 3)[None].expand(n, -1).clone()
-        return TextCondition(ctx, mask, torch.zeros(L, 6, dtype=torch.float64), torch.arange(L) < 2)
-
-    x = torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
-    x_pr = torch.rand(4, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
-    t, t_pr = torch.tensor([3, 250, 800]), torch.tensor([40, 500, 999, 120])
-    noise = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
-    noise_pr = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
-    return model, diffusion, x, cond(3, 1), x_pr, cond(4, 2), t, noise, t_pr, noise_pr
+    L = 5
+    context = torch.randn(3, L, 6, generator=g, dtype=torch.float64)
+    mask = torch.arange(L)[None] < torch.tensor([3, 5, 2])[:, None]
+    null_context = torch.randn(L, 6, generator=g, dtype=torch.float64)
+    null_mask = torch.arange(L) < 2
+    prompts = ["a seven", "a thick two, shifted to the left", "a one"]
+    cond = TextCondition(context, mask, null_context, null_mask, prompts)
+    x = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([40, 400, 900])
+    return model, cond, x, t
 
 
-def _term(model, diffusion, x, c, t, noise, reduce="mean", weighted=True, clean=False):
-    if clean:
-        out = call_model(model, x, t, c)
-        loss = ((out - noise) ** 2).flatten(1).mean(1)
-    elif weighted:
-        loss = diffusion.training_losses(model, x, t=t, noise=noise, y=c)["loss"]
-    else:
-        xt = diffusion.q_sample(x, t, noise)
-        loss = ((call_model(model, xt, t, c) - noise) ** 2).flatten(1).mean(1)
-    return loss.sum() if reduce == "sum" else loss.mean()
-
-
-def _loss_mistakes(model, diffusion, x, c, x_pr, c_pr, t, noise, t_pr, noise_pr, lam):
-    """[(wrong value, message)] for the typical mistakes."""
+def _guidance_mistakes(model, cond, x, t):
+    """{name: (function of w, message)} for the typical mistakes."""
     with torch.no_grad():
-        inst = _term(model, diffusion, x, c, t, noise)
-        prior = _term(model, diffusion, x_pr, c_pr, t_pr, noise_pr)
-        swapped_i = _term(model, diffusion, x, c_pr[:3], t, noise)
-        swapped_p = _term(model, diffusion, x_pr, TextCondition(c.context[:1].expand(4, -1, -1), c.mask[:1].expand(4, -1),
-                                                               c.null_context, c.null_mask), t_pr, noise_pr)
-        shared = _term(model, diffusion, x_pr[:3], c_pr[:3], t, noise)
-        shared_t = _term(model, diffusion, x_pr[:3], c_pr[:3], t, noise_pr[:3])
-        shared_n = _term(model, diffusion, x_pr[:3], c_pr[:3], t_pr[:3], noise)
-        sum_i = _term(model, diffusion, x, c, t, noise, "sum")
-        sum_p = _term(model, diffusion, x_pr, c_pr, t_pr, noise_pr, "sum")
-        raw_i = _term(model, diffusion, x, c, t, noise, weighted=False)
-        raw_p = _term(model, diffusion, x_pr, c_pr, t_pr, noise_pr, weighted=False)
-        clean_i = _term(model, diffusion, x, c, t, noise, clean=True)
-        clean_p = _term(model, diffusion, x_pr, c_pr, t_pr, noise_pr, clean=True)
+        e_c = model(x, t, **cond.model_kwargs())
+        null = cond.null()
+        e_u = model(x, t, **null.model_kwargs())
+        zero = model(x, t, context=torch.zeros_like(cond.context), context_mask=cond.mask)
+        zero_nomask = model(x, t, context=torch.zeros_like(cond.context))
+        unmasked_null = model(x, t, context=null.context)
+        prompt_mask_null = model(x, t, context=null.context, context_mask=cond.mask)
+        e_c_unmasked = model(x, t, context=cond.context)
     return [
-        (inst + prior, "λ is missing: the class term is multiplied by lam (λ), L = L_subject + λ · L_prior."),
-        (lam * inst + prior, "λ multiplies the wrong term: it weighs the *prior* (class) term, "
-                             "L = L_subject + λ · L_prior."),
-        (inst, "the prior-preservation term is missing: add λ times the diffusion loss of the class images x_pr "
-               "under the class prompt c_pr."),
-        (lam * prior, "the subject term is missing: the loss is L_subject + λ · L_prior."),
-        (swapped_i + lam * swapped_p, "the prompts are swapped: the subject images go with the instance prompt c "
-                                      "(\"a [V] seven\"), the class images with the class prompt c_pr (\"a seven\")."),
-        (inst + lam * swapped_p, "the class images must be read with the class prompt c_pr, not the instance "
-                                 "prompt c: that is what keeps \"a seven\" meaning an ordinary seven."),
-        (swapped_i + lam * prior, "the subject images must be read with the instance prompt c (\"a [V] seven\"): "
-                                  "with the class prompt, the subject overwrites the class."),
-        (inst + lam * shared, "the class images have their own timesteps t_pr and noise noise_pr (eq. 2's t' and "
-                              "ε'): you reused the subject's t and noise."),
-        (inst + lam * shared_t, "the class term uses its own timesteps t_pr, not the subject's t."),
-        (inst + lam * shared_n, "the class term uses its own noise noise_pr, not the subject's noise."),
-        (sum_i + lam * sum_p, "each term is the *mean* over its batch (…[\"loss\"].mean()), not the sum: with "
-                              "a sum, the step size would depend on the batch sizes."),
-        (raw_i + lam * raw_p, "that is the unweighted ε-MSE. The shipped model trains with min-SNR-γ weights "
-                              "(w_t of eq. 2): use diffusion.training_losses(model, x, t=t, noise=noise, y=c)"
-                              "[\"loss\"].mean(), which applies them."),
-        (clean_i + lam * clean_p, "the model was given the clean images: it denoises x_t = q_sample(x, t, noise), "
-                                  "which diffusion.training_losses forms for you."),
+        (lambda w: w * e_c + (1 - w) * e_u,
+         "you used w as the guidance scale s: ε_∅ + w (ε_c − ε_∅). In this course w = s − 1: (1 + w) ε_c − w ε_∅, "
+         "so w = 0 gives the plain conditional prediction."),
+        (lambda w: (1 + w) * e_u - w * e_c,
+         "the two branches are swapped: guidance pushes towards the prompt, (1 + w) ε(x, c) − w ε(x, ∅)."),
+        (lambda w: w * e_c - (1 + w) * e_u + 0 * w,
+         "w and 1 + w are swapped: (1 + w) multiplies the conditional prediction, w the unconditional one."),
+        (lambda w: (1 - w) * e_c + w * e_u,
+         "wrong sign: ε̃ = (1 + w) ε_c − w ε_∅ moves *away* from the unconditional prediction."),
+        (lambda w: e_c + 0 * w, "that is the conditional prediction alone: no guidance for any w."),
+        (lambda w: (1 + w) * e_c - w * zero,
+         "the unconditional branch is the encoding of the empty prompt \"\" (cond.null()), not a context of "
+         "zeros: the U-Net learned ε(x, ∅) from captions dropped to \"\" (caption dropout)."),
+        (lambda w: (1 + w) * e_c - w * zero_nomask,
+         "the unconditional branch is the encoding of the empty prompt \"\" (cond.null(), with its mask), not a "
+         "context of zeros."),
+        (lambda w: (1 + w) * e_c - w * unmasked_null,
+         "the empty prompt's branch was called without its mask: pass cond.null()'s context_mask too (the model "
+         "otherwise attends to its padding tokens, which it never did in training)."),
+        (lambda w: (1 + w) * e_c - w * prompt_mask_null,
+         "the empty prompt's context needs the empty prompt's own mask (cond.null().mask: only <start> and <end> "
+         "are real), not the prompts' masks. Use cond.null() whole: model(x, t, **cond.null().model_kwargs())."),
+        (lambda w: (1 + w) * e_c_unmasked - w * e_u,
+         "the conditional branch was called without the prompts' padding mask: pass context_mask=cond.mask (or "
+         "**cond.model_kwargs())."),
     ]
 
 
-def check_prior_preservation_loss(fn) -> None:
-    """`fn(model, diffusion, x, c, x_pr, c_pr, lam, t, noise, t_pr, noise_pr)` must return a scalar tensor:
-    mean training loss of (x, c) at (t, noise) + lam × mean training loss of (x_pr, c_pr) at (t_pr, noise_pr)."""
-    model, diffusion, x, c, x_pr, c_pr, t, noise, t_pr, noise_pr = _loss_setup()
-    for lam in (1.0, 0.35):
+def check_text_guidance(fn) -> None:
+    """`fn(model, x_t, t, cond, w)` (a text-conditioned UNet, called as model(x_t, t, context=...,
+    context_mask=...); cond a `TextCondition`) must return (1 + w) ε(x_t, c) − w ε(x_t, ∅), the unconditional
+    branch being `cond.null()`: the empty prompt's encoding and mask."""
+    model, cond, x, t = _guidance_setup()
+    diffusion = GaussianDiffusion("linear", timesteps=1000)
+    weights = (0.0, 1.0, 3.0, 7.5)
+    answers, refs = [], []
+    for w in weights:
         with torch.no_grad():
-            got = call_answer(fn, "dreambooth_loss", model, diffusion, x.clone(), c, x_pr.clone(), c_pr, lam,
-                              t.clone(), noise.clone(), t_pr.clone(), noise_pr.clone())
-            if isinstance(got, dict) and "loss" in got:
-                got = got["loss"]
-            got = as_tensor(got, "dreambooth_loss")
-            ref = prior_preservation_loss(model, diffusion, x, c, x_pr, c_pr, lam, t, noise, t_pr,
-                                          noise_pr)["loss"].double()
-        if got.numel() != 1:
-            raise ExerciseError(f"dreambooth_loss should return one number (a scalar tensor), got shape "
-                                f"{list(got.shape)}: average each term over its batch.")
-        got = got.reshape(())
-        if torch.isclose(got, ref, rtol=1e-6, atol=1e-10):
-            continue
-        for wrong, message in _loss_mistakes(model, diffusion, x, c, x_pr, c_pr, t, noise, t_pr, noise_pr, lam):
-            if torch.isclose(got, wrong.double(), rtol=1e-6, atol=1e-10):
-                raise ExerciseError(message)
-        raise ExerciseError(f"with λ = {lam} your loss is {got.item():.6g}, eq. 2 gives {ref.item():.6g}.")
-    passed("L = mean training loss of the subject images under \"a [V] <class>\" + λ · mean training loss of the "
-           "class images under \"a <class>\", each with its own t and ε: DreamBooth's eq. 2 "
-           "(personalize.prior_preservation_loss). The fine-tuning below runs with your function.")
+            got = call_answer(fn, "text_guided_eps", model, x.clone(), t.clone(), cond, w)
+        got = as_tensor(got, "text_guided_eps")
+        if got.shape != x.shape:
+            raise ExerciseError(f"text_guided_eps should return a prediction shaped like x_t {list(x.shape)}, got "
+                                f"{list(got.shape)}.")
+        with torch.no_grad():
+            refs.append(diffusion.model_output(model, x, t, cond, guidance=w).double())
+        answers.append(got)
+    if all(allclose(a, r, rtol=1e-6, atol=1e-9) for a, r in zip(answers, refs)):
+        passed("ε̃ = (1 + w) ε(x_t, c) − w ε(x_t, ∅) with ∅ = the empty prompt (cond.null()) matches "
+               "GaussianDiffusion.model_output for w = 0, 1, 3, 7.5: Stable Diffusion's guidance.")
+        return
+    for form, message in _guidance_mistakes(model, cond, x, t):
+        if all(allclose(a, form(w).double(), rtol=1e-6, atol=1e-9) for a, w in zip(answers, weights)):
+            raise ExerciseError(message)
+    if not allclose(answers[0], refs[0], rtol=1e-6, atol=1e-9):
+        raise ExerciseError("with w = 0 guidance is off: the result must be the conditional prediction "
+                            "model(x_t, t, **cond.model_kwargs()) exactly.")
+    worst = max((a - r).abs().max().item() for a, r in zip(answers, refs))
+    raise ExerciseError(f"your guided prediction differs from (1 + w) ε(x_t, c) − w ε(x_t, ∅) by up to "
+                        f"{worst:.3g}.")
 
 
-# -- exercise 2: the class-image set -------------------------------------------------------------------------------
+# -- exercise 3: noise-conditioning augmentation ------------------------------------------------------------------
 
-def check_class_images(fn, pipe, classifier, subject=None, class_noun: str = "seven", label: int = 7,
-                       n: int = 8) -> torch.Tensor:
-    """`fn(pipe, class_noun, n, generator)` must return n samples of the frozen `pipe` for "a <class_noun>" in
-    the space its model denoises ([n, *pipe.base_shape]). Returns them (decoded) when right."""
-    from .. import metrics
-    from ..latent import decode_latents
-
-    gen = torch.Generator().manual_seed(11)
-    try:
-        got = fn(pipe, class_noun, n, gen)
-    except NotImplementedError:
-        from . import NOT_ANSWERED, NotAnsweredError
-
-        raise NotAnsweredError(NOT_ANSWERED) from None
-    except ValueError as err:
-        if "unknown word" in str(err):
-            raise ExerciseError(f"the frozen model does not know the identifier ({err}): the class images come "
-                                f"from the class prompt {class_prompt(class_noun)!r} alone.") from None
-        raise ExerciseError(f"`class_images` raised ValueError: {err}") from err
-    except Exception as err:
-        raise ExerciseError(f"`class_images` raised {type(err).__name__}: {err}") from err
-    got = as_tensor(got, "class_images").float()
-    base, image = tuple(pipe.base_shape), tuple(pipe.image_shape)
-    if tuple(got.shape[1:]) == image and base != image:
-        raise ExerciseError(f"you returned decoded {list(image)} images: keep the samples in the space the model "
-                            f"denoises ({list(base)}, what pipe.sample_base returns); the loss compares the "
-                            f"model's predictions there, and decoding then re-encoding only loses detail.")
-    if got.shape[0] != n:
-        raise ExerciseError(f"asked for n = {n} class images, got {got.shape[0]}.")
-    if tuple(got.shape[1:]) != base:
-        raise ExerciseError(f"each class image should have the model's shape {list(base)}, got "
-                            f"{list(got.shape[1:])}.")
-    if not torch.isfinite(got).all():
-        raise ExerciseError("NaN or inf in your class images.")
-    if (got - got[:1]).abs().max() < 1e-6:
-        raise ExerciseError("all your class images are the same: draw them as one batch of n prompts (or keep "
-                            "one generator running); the class set should show the class's variety.")
-    images = decode_latents(pipe.autoencoder, got) if pipe.autoencoder is not None else got
-    if subject is not None:
-        d = torch.cdist(images.flatten(1), subject.flatten(1)).min(1).values
-        if (d < 1e-3).any():
-            raise ExerciseError("those are the subject images: the class images are new samples of the *frozen* "
-                                "model for the class prompt, ordinary members of the class.")
-    acc = metrics.sample_accuracy(images, torch.full((n,), label), classifier)
-    if acc < 0.75:
-        raise ExerciseError(f"only {acc:.0%} of your class images are read as {class_noun}s: sample from the "
-                            f"class prompt {class_prompt(class_noun)!r} with guidance (w = 3), not the empty "
-                            f"prompt or another one.")
-    passed(f"{n} samples of the frozen model for {class_prompt(class_noun)!r}, kept as {list(base)} latents; "
-           f"{acc:.0%} read as {class_noun}s. The prior-preservation set below is built with your function.")
-    return images
+def _augmentation_inputs():
+    gen = torch.Generator().manual_seed(12)
+    diffusion = GaussianDiffusion("linear", timesteps=1000)
+    low = torch.rand(3, 1, 14, 14, generator=gen, dtype=torch.float64) * 2 - 1
+    size = 28
+    aug_level = torch.tensor([0, 120, 250])
+    noise = torch.randn(3, 1, size, size, generator=gen, dtype=torch.float64)
+    return diffusion, low, size, aug_level, noise
 
 
-# -- predict, then run: language drift ----------------------------------------------------------------------------
+def _augmentation_mistakes(diffusion, low, size, aug_level, noise):
+    ac = diffusion.schedule.alphas_cumprod.double()
+    a = ac[aug_level][:, None, None, None]
+    up = upsample(low, (size, size))
+    nearest = F.interpolate(low, size=(size, size), mode="nearest")
+    corners = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=True)
+    prev = ac[(aug_level - 1).clamp(min=0)][:, None, None, None]
+    nxt = ac[(aug_level + 1).clamp(max=len(ac) - 1)][:, None, None, None]
+    return [
+        (a * up + (1 - a) * noise, "the coefficients are √ᾱ_s and √(1 − ᾱ_s): you used ᾱ_s and 1 − ᾱ_s without "
+                                   "the square roots."),
+        (a.sqrt() * up + (1 - a) * noise, "the noise's coefficient is √(1 − ᾱ_s), the square root."),
+        (a * up + (1 - a).sqrt() * noise, "the image's coefficient is √ᾱ_s, the square root of alphas_cumprod."),
+        (up + (1 - a).sqrt() * noise, "the image must be scaled by √ᾱ_s too: x_s = √ᾱ_s · up + √(1 − ᾱ_s) · "
+                                      "noise (q_sample), so the total variance stays about 1."),
+        ((1 - a).sqrt() * up + a.sqrt() * noise, "the coefficients are swapped: √ᾱ_s multiplies the image, "
+                                                 "√(1 − ᾱ_s) the noise."),
+        (a.sqrt() * nearest + (1 - a).sqrt() * noise, "the upsampling is bilinear (F.interpolate(..., "
+                                                      "mode='bilinear', align_corners=False)), not nearest."),
+        (a.sqrt() * corners + (1 - a).sqrt() * noise, "use align_corners=False (the package's `upsample`, as the "
+                                                      "training views were made)."),
+        (prev.sqrt() * up + (1 - prev).sqrt() * noise, "ᾱ at the wrong timestep: index alphas_cumprod with "
+                                                       "aug_level itself (timestep s, 0-based)."),
+        (nxt.sqrt() * up + (1 - nxt).sqrt() * noise, "ᾱ at the wrong timestep: index alphas_cumprod with "
+                                                     "aug_level itself (timestep s, 0-based)."),
+        (up, "no noise was added: noise-conditioning augmentation forward-noises the upsampled image to timestep "
+             "aug_level."),
+    ]
 
-DRIFT_CHOICES = {
-    "a": "about all of them (90% or more): \"a seven\" was never a training prompt, so it cannot change",
-    "b": "some of them (40% to 90%)",
-    "c": "few of them (under 40%): \"a seven\" turns into the subject",
+
+def check_noise_augmentation(fn) -> None:
+    """`fn(low, size, aug_level, alphas_cumprod, noise)` (low [B, C, h, w] in [-1, 1]; size an int; aug_level [B]
+    timesteps; alphas_cumprod [T]; noise [B, C, size, size]) must return √ᾱ_s · up + √(1 − ᾱ_s) · noise, with
+    up = `low` upsampled bilinearly (align_corners=False) to size × size and s = aug_level per image."""
+    diffusion, low, size, aug_level, noise = _augmentation_inputs()
+    alphas_cumprod = diffusion.schedule.alphas_cumprod.double().clone()
+    got = as_tensor(call_answer(fn, "noise_augment", low.clone(), size, aug_level.clone(), alphas_cumprod,
+                                noise.clone()), "noise_augment")
+    ref = diffusion.q_sample(upsample(low, (size, size)), aug_level, noise)
+    if tuple(got.shape) == tuple(low.shape):
+        raise ExerciseError(f"the result has the low resolution {list(low.shape)}: upsample to size × size first "
+                            f"(the super-resolution stage works at {size}×{size}).")
+    if got.shape != ref.shape:
+        raise ExerciseError(f"the result should have shape {list(ref.shape)} (like noise), got {list(got.shape)}.")
+    if allclose(got, ref, rtol=1e-6, atol=1e-9):
+        passed("up = bilinear upsampling, then x_s = √ᾱ_s · up + √(1 − ᾱ_s) · ε at each image's aug_level: the "
+               "super-resolution stage's noise-conditioning augmentation (q_sample of the upsampled low-res image).")
+        return
+    for wrong, message in _augmentation_mistakes(diffusion, low, size, aug_level, noise):
+        if allclose(got, wrong, rtol=1e-6, atol=1e-9):
+            raise ExerciseError(message)
+    same_level = [allclose(got[i], ref[i], rtol=1e-6, atol=1e-9) for i in range(len(aug_level))]
+    if any(same_level) and not all(same_level):
+        raise ExerciseError(f"right for some images only ({sum(same_level)} of {len(same_level)}): each image has "
+                            f"its own aug_level; index alphas_cumprod with the whole [B] tensor and reshape to "
+                            f"[B, 1, 1, 1].")
+    raise ExerciseError(f"your augmented images differ from √ᾱ_s · up + √(1 − ᾱ_s) · noise by up to "
+                        f"{(got - ref).abs().max().item():.3g}.")
+
+
+# -- predict, then run: a held-out combination --------------------------------------------------------------------
+
+HELD_OUT_CHOICES = {
+    "a": "upside-down sevens: the models know both words and compose them, as they do for \"a small five\"",
+    "b": "something upside-down that, turned back, is not a seven",
+    "c": "upright sevens: the models ignore \"upside-down\" for a digit they never saw turned",
 }
 
 
-def commit_drift_prediction(prediction) -> str:
-    """Before the run: what share of "a seven" samples will the classifier still read as a seven after fine-tuning
-    on "a [V] seven" alone (λ = 0)?"""
-    return commit_choice(prediction, DRIFT_CHOICES)
+def commit_held_out_prediction(prediction) -> str:
+    """Before the run: what do mini-SD and mini-Imagen draw for "an upside-down seven"?"""
+    return commit_choice(prediction, HELD_OUT_CHOICES)
 
 
-def drift_truth(accuracy: float) -> str:
-    """The choice that the measured accuracy of "a seven" samples falls in."""
-    return "a" if accuracy >= 0.9 else "b" if accuracy >= 0.4 else "c"
+def held_out_truth(digit: float, upside_down: float) -> str:
+    """The choice the measurements support. `digit`: share of the images read as a seven once rotated back;
+    `upside_down`: share the CLIP judges upside-down (both averaged over the systems). Mostly not upside down:
+    (c); upside down and a seven: (a); upside down but not a seven: (b)."""
+    if upside_down < 0.5:
+        return "c"
+    return "a" if digit >= 0.5 else "b"
 
 
-def reveal_drift(prediction, accuracy: float) -> bool:
-    """After the run: the measured accuracy decides; the reasoning is printed either way."""
-    why = ("the prompts share almost everything. \"a [V] seven\" and \"a seven\" differ by one token whose "
-           "embedding carries little (a weak prior), so their text states, and the U-Net's reading of them, are "
-           "nearly the same; the quickest way to fit four hollow sevens is to change what the shared part, "
-           "\"seven\", draws. Nothing in the loss says \"a seven\" must stay as it was; the prior-preservation "
-           "term is exactly that sentence.")
-    return reveal_choice(prediction, drift_truth(accuracy), DRIFT_CHOICES, why,
-                         measured=f"measured: {accuracy:.0%} still read as sevens")
+def reveal_held_out(prediction, digit: float, upside_down: float) -> bool:
+    """After the run: the measurements decide; the reasoning is printed either way."""
+    why = ("the U-Net learned \"upside-down\" from the other nine digits, so it turns whatever it draws; but what "
+           "it draws for \"seven\" it learned from upright sevens only. An upside-down seven is "
+           "a new shape, and nothing in the text encoder's states (the same CLIP's, which did not read upside-down "
+           "sevens as sevens either) tells the U-Net what it looks like. So the words do not compose into the "
+           "picture: the models follow \"upside-down\" and fall back on strokes of the upside-down digits they "
+           "saw. \"A small five\" composes because shrinking keeps the shape that \"five\" names.")
+    return reveal_choice(prediction, held_out_truth(digit, upside_down), HELD_OUT_CHOICES, why,
+                         measured=f"measured over both systems: {upside_down:.0%} judged upside-down by the CLIP, "
+                                  f"{digit:.0%} read as a seven once rotated back")

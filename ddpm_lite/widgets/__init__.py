@@ -15,11 +15,11 @@ Every widget here follows the same recipe (docs/COURSE_CONVENTIONS.md), implemen
 One explorer per module:
 
     noise_step.py         NoiseStepExplorer   notebook 01: the forward process
-    sampling_scrubber.py  SamplingScrubber    notebook 05: the reverse process, step by step
-    guidance.py           GuidanceExplorer    notebooks 04 and 07: classifier-free guidance
-    sampler.py            SamplerExplorer     notebook 06: fast samplers
-    img2img.py            Img2ImgExplorer     notebook 08: image-to-image (SDEdit) strength
-    prompt.py             PromptExplorer      notebook 10: text-to-image, a prompt box
+    sampling_scrubber.py  SamplingScrubber    notebook 06: the reverse process, step by step
+    guidance.py           GuidanceExplorer    notebooks 05 and 08: classifier-free guidance
+    sampler.py            SamplerExplorer     notebook 07: fast samplers
+    img2img.py            Img2ImgExplorer     notebook 09: image-to-image (SDEdit) strength
+    prompt.py             PromptExplorer      notebook 11: text-to-image, a prompt box
 """
 
 from .guidance import GuidanceExplorer

@@ -1,4 +1,4 @@
-"""`GuidanceExplorer` (notebook 04: class conditioning, notebook 07: guidance, thresholding): a slider over the
+"""`GuidanceExplorer` (notebook 05: class conditioning, notebook 08: guidance, thresholding): a slider over the
 classifier-free guidance weight w and a grid of class-conditional samples."""
 
 from __future__ import annotations

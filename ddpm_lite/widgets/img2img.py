@@ -1,4 +1,4 @@
-"""`Img2ImgExplorer` (notebook 08: latent diffusion): a strength slider from "same image" to "new image" over
+"""`Img2ImgExplorer` (notebook 09: latent diffusion): a strength slider from "same image" to "new image" over
 image-to-image (SDEdit) results, precomputed, for a few input images."""
 
 from __future__ import annotations

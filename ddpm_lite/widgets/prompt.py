@@ -1,4 +1,4 @@
-"""`PromptExplorer` (notebook 10: text-to-image): type a prompt, set the guidance weight, the sampler and its
+"""`PromptExplorer` (notebook 11: text-to-image): type a prompt, set the guidance weight, the sampler and its
 steps, and see a row of images drawn for it by a `pipeline.TextToImage` (mini Stable Diffusion or mini Imagen)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`SamplerExplorer` (notebook 06: fast sampling): pick a sampler and a number of steps, see the samples and the
+"""`SamplerExplorer` (notebook 07: fast sampling): pick a sampler and a number of steps, see the samples and the
 seconds they took."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`SamplingScrubber` (notebook 05: the reverse process, step by step): scrub through a finished sampling run."""
+"""`SamplingScrubber` (notebook 06: the reverse process, step by step): scrub through a finished sampling run."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 05 · Watching a model sample
+# # 06 · Watching a model sample
 #
 # A trained diffusion model turns noise into data in many small steps. In this notebook we open that loop and
 # look inside: at every step the network makes a guess of the final image, $\hat x_0$, and the sampler moves
@@ -36,7 +36,7 @@ import torch
 from ddpm_lite import metrics, plots, toys
 from ddpm_lite.checkpoint import from_pretrained
 from ddpm_lite.diffusion import GaussianDiffusion
-from ddpm_lite.exercises import nb05
+from ddpm_lite.exercises import nb06
 from ddpm_lite.samplers import (ddim, ddim_steps, ddpm_steps, make_denoiser, sample, sample_steps,
                                 timestep_sequence)
 from ddpm_lite.widgets import SamplingScrubber
@@ -118,7 +118,7 @@ prediction = None  # "a", "b" or "c"
 ### BEGIN SOLUTION
 prediction = "a"
 ### END SOLUTION
-nb05.commit_settle_prediction(prediction)
+nb06.commit_settle_prediction(prediction)
 
 # %%
 t0 = time.perf_counter()
@@ -177,13 +177,13 @@ print(f"final samples: {100 * acc_ddpm:.0f} % classified as requested; from t = 
       f"at t = {ts[T - 100]}: {dist[T - 100]:.3f}")
 assert acc_ddpm >= 0.8, acc_ddpm
 assert ts[settled] > 300 and dist[T - 100] < 0.25 * dist[0], (ts[settled], dist[T - 100], dist[0])
-nb05.reveal_settle(prediction, ts[settled], T)
+nb06.reveal_settle(prediction, ts[settled], T)
 
 # %% [markdown]
 # The class of a sample is decided early, in the noisiest part of the run; after that, the steps refine a
-# digit that is already chosen. (This is also why guidance, notebook 04, matters most at large $t$. It says
+# digit that is already chosen. (This is also why guidance, notebook 05, matters most at large $t$. It says
 # nothing about how large a sampler's steps may be: that depends on how smoothly $x_t$ moves, which section 4
-# shows in 2D and notebook 06 explains.)
+# shows in 2D and notebook 07 explains.)
 #
 # ## 3 · The sampling scrubber
 #
@@ -220,7 +220,7 @@ assert scrubber.slider.value == len(scrubber.frames) - 1 and torch.equal(last["x
 # We compare two samplers from the same 500 starting points $x_T$:
 #
 # * **DDPM** (Algorithm 2), 1000 steps, fresh noise $\sigma_t z$ at every step;
-# * **DDIM** with $\eta = 0$ (Song et al. 2021; notebook 06), 50 steps, **no** noise: each step jumps along
+# * **DDIM** with $\eta = 0$ (Song et al. 2021; notebook 07), 50 steps, **no** noise: each step jumps along
 #   $x_{\text{prev}} = \sqrt{\bar\alpha_{\text{prev}}}\,\hat x_0 + \sqrt{1-\bar\alpha_{\text{prev}}}\,\hat\varepsilon$,
 #   so the end point is a deterministic function of $x_T$.
 #
@@ -274,7 +274,7 @@ print(f"(both runs together: {sec_toy:.1f} s)")
 # and class accuracy. Ten samples per sampler make the accuracy **anecdotal**: one misread digit moves it by 10
 # points, and even 10 of 10 right is compatible with a true accuracy anywhere from about 70 % to 100 % (95 %
 # interval). 1000 DDPM steps for 100 samples would not fit this notebook's two-minute budget on a busy 2-core
-# CPU (the ten above take from ten seconds to a minute, depending on the load); the two DDIM samplers are cheap, so below they also get 100 samples each (10 of each digit), and notebook 06
+# CPU (the ten above take from ten seconds to a minute, depending on the load); the two DDIM samplers are cheap, so below they also get 100 samples each (10 of each digit), and notebook 07
 # measures quality against the number of steps with more samples.
 
 # %%
@@ -317,7 +317,7 @@ assert all(r["accuracy100"] >= 0.85 for r in results[1:]), [r["accuracy100"] for
 # too few to rank it against them, so this table shows speed, not a quality ranking. The two DDIM rows start from the same $x_T$ and
 # follow the same deterministic path with different step sizes, so they give nearly the same digits; the DDPM
 # row differs, because DDPM adds 999 fresh noise vectors on the way and $x_T$ alone does not fix its result.
-# Notebook 06 explains why DDIM may skip steps, and measures quality against the number of evaluations more
+# Notebook 07 explains why DDIM may skip steps, and measures quality against the number of evaluations more
 # carefully.
 #
 # ## 6 · Seeds and reproducibility
@@ -418,7 +418,7 @@ def ddpm_sample(denoiser, diffusion, x_T, generator=None):
     ### END SOLUTION
 
 
-nb05.check_ddpm_sample(ddpm_sample)
+nb06.check_ddpm_sample(ddpm_sample)
 
 # %%
 gen = torch.Generator().manual_seed(0)                    # section 2's seed: the same x_T ...
@@ -466,7 +466,7 @@ def ddim_step(x_t, eps, t, t_prev, alphas_cumprod):
     ### END SOLUTION
 
 
-nb05.check_ddim_step(ddim_step)
+nb06.check_ddim_step(ddim_step)
 
 # your step as a sampler: the network gives ε̂ (with x̂0 clipped to [-1, 1]), your function moves x
 denoiser = make_denoiser(model, diffusion, y=labels)

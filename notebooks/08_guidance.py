@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 07 · Guidance: fidelity against diversity, and Imagen's dynamic thresholding
+# # 08 · Guidance: fidelity against diversity, and Imagen's dynamic thresholding
 #
 # A class-conditional model samples "a 3" when asked for a 3, but not always a *convincing* 3: the
 # conditional distribution it learned includes sloppy, ambiguous digits too. **Classifier-free guidance**
@@ -48,7 +48,7 @@ from ddpm_lite import metrics, oracle, plots, samplers, toys
 from ddpm_lite.checkpoint import from_pretrained
 from ddpm_lite.data import load_dataset
 from ddpm_lite.diffusion import GaussianDiffusion, null_labels
-from ddpm_lite.exercises import nb07
+from ddpm_lite.exercises import nb08
 from ddpm_lite.widgets import GuidanceExplorer
 
 plots.setup()                  # small figures (72 dpi), grey images, pixel-sharp 8×8 digits
@@ -70,7 +70,7 @@ assert model.num_classes == 10
 # **Training with label dropout.** The digits model was trained with its label replaced by a learned *null
 # class* $\varnothing$ (index `num_classes` = 10) 10 % of the time (`TrainConfig.label_dropout = 0.1`). So the same
 # network knows two things: the conditional noise prediction $\varepsilon_\theta(x_t, c)$ and the
-# unconditional one $\varepsilon_\theta(x_t, \varnothing)$ (notebook 04 trains and dissects it).
+# unconditional one $\varepsilon_\theta(x_t, \varnothing)$ (notebook 05 trains and dissects it).
 #
 # **Sampling with guidance.** At every step, evaluate both and extrapolate away from the unconditional one
 # (Ho & Salimans 2021, eq. 6):
@@ -133,7 +133,7 @@ def scale_to_w(s):
     ### END SOLUTION
 
 
-nb07.check_scale_to_w(scale_to_w)
+nb08.check_scale_to_w(scale_to_w)
 print(f"Stable Diffusion's default guidance_scale 7.5 is w = {scale_to_w(7.5):g} in this course; the largest w "
       f"of this notebook, {W_LARGE:g}, is a scale s = {W_LARGE + 1:g}")
 assert scale_to_w(1.0) == 0
@@ -161,7 +161,7 @@ prediction = None  # "a", "b" or "c"
 ### BEGIN SOLUTION
 prediction = "c"
 ### END SOLUTION
-nb07.commit_diversity_prediction(prediction)
+nb08.commit_diversity_prediction(prediction)
 
 # %%
 start = time.perf_counter()
@@ -223,7 +223,7 @@ best_precision = max(results, key=lambda r: r["precision"])
 print(f"w = {lo['w']:g} → {hi['w']:g}: accuracy {100 * lo['accuracy']:.0f}% → {100 * hi['accuracy']:.0f}%, "
       f"recall {lo['recall']:.2f} → {hi['recall']:.2f}, diversity {lo['diversity']:.2f} → {hi['diversity']:.2f}; "
       f"precision {lo['precision']:.2f} at w = 0, highest {best_precision['precision']:.2f} at w = {best_precision['w']:g}")
-nb07.reveal_diversity(prediction, lo["diversity"], hi["diversity"], lo["w"], hi["w"])
+nb08.reveal_diversity(prediction, lo["diversity"], hi["diversity"], lo["w"], hi["w"])
 # fidelity up ...
 assert hi["accuracy"] >= lo["accuracy"] and max(r["accuracy"] for r in results) > lo["accuracy"], (lo, hi)
 # ... diversity down
@@ -281,7 +281,7 @@ def my_dynamic_threshold(x0, percentile=0.995):
     ### END SOLUTION
 
 
-nb07.check_dynamic_threshold(my_dynamic_threshold)
+nb08.check_dynamic_threshold(my_dynamic_threshold)
 
 
 # %% [markdown]
@@ -297,7 +297,7 @@ def saturated_fraction(x, tol=1e-3):
     ### END SOLUTION
 
 
-nb07.check_saturated_fraction(saturated_fraction)
+nb08.check_saturated_fraction(saturated_fraction)
 
 # %% [markdown]
 # ### Exercise 4 · the guided, thresholded denoiser
@@ -333,7 +333,7 @@ def guided_predictions(model, diffusion, x_t, t, y, w, threshold=None, percentil
     ### END SOLUTION
 
 
-nb07.check_guided_predictions(guided_predictions)
+nb08.check_guided_predictions(guided_predictions)
 
 # %% [markdown]
 # Now the experiment: the same seeds and labels at a large weight, $w = 8.0$ (`W_LARGE`; a guidance scale
@@ -488,7 +488,7 @@ assert ratio[W_MODERATE] < 1 < ratio[W_LARGE], ratio
 # deterministic DDIM at 200 steps (enough that the sampler's own error is negligible: at $w = 0$ it must
 # reproduce $p(x \mid c)$) and with 1000-step ancestral DDPM. The distance is the sliced Wasserstein distance
 # $\mathrm{SW}_2$ (`metrics.sliced_wasserstein`: the optimal-transport distance between the 1D projections
-# of two point clouds, averaged over directions, in the units of $x$; notebook 06 §7), next to its
+# of two point clouds, averaged over directions, in the units of $x$; notebook 07 §7), next to its
 # **floor**, the distance between two independent exact samples of the target.
 
 # %%
@@ -678,7 +678,7 @@ assert ddim_vs_ddpm > 4 * floor
 #
 # This notebook ends the DDPM part of the course: a trained model (03), conditioning (04), sampling
 # (05, 06) and guidance (07). The next part moves from pixels to latents and from class labels to text:
-# **[08 · Latent diffusion](08_latent_diffusion.ipynb)** trains the same diffusion in an autoencoder's latent
+# **[08 · Latent diffusion](09_latent_diffusion.ipynb)** trains the same diffusion in an autoencoder's latent
 # space and edits images with it (image-to-image, inpainting); CLIP, text-to-image (a mini Stable Diffusion and
 # a mini Imagen, where dynamic thresholding returns) and DreamBooth follow (not published yet).
 #

@@ -1,7 +1,7 @@
 # %% [markdown]
-# # 11 · DreamBooth: teaching the text-to-image model one subject
+# # 12 · DreamBooth: teaching the text-to-image model one subject
 #
-# Notebook 10's mini Stable Diffusion draws any digit it was taught the words for. **DreamBooth** (Ruiz et al.
+# Notebook 11's mini Stable Diffusion draws any digit it was taught the words for. **DreamBooth** (Ruiz et al.
 # 2023) asks for something it was never taught: *this particular* thing, shown in 3–5 pictures. It binds the
 # subject to a new word, an **identifier** [V], by fine-tuning the model on the pictures with the prompt
 # "a [V] seven", and a **prior-preservation loss** keeps the model from forgetting what an ordinary seven is.
@@ -76,7 +76,7 @@ import torch
 from ddpm_lite import metrics, plots
 from ddpm_lite import personalize as db
 from ddpm_lite.data import load_dataset
-from ddpm_lite.exercises import nb11
+from ddpm_lite.exercises import nb12
 from ddpm_lite.pipeline import TextToImage
 from ddpm_lite.subjects import load_subject, novelty
 from ddpm_lite.text_to_image import measured_value
@@ -106,7 +106,7 @@ def draw(pipe, prompt, n=EVAL_N, seed=1):
 #
 # Our subject is one person's seven, drawn four times, in hollow "bubble" strokes: four neighbouring sevens of
 # the *test* split, outlined (`ddpm_lite.subjects`; `assets/subjects/hollow-seven/README.md` has the command).
-# A subject must be something the model cannot already draw on request. The check is notebook 06's memorisation
+# A subject must be something the model cannot already draw on request. The check is notebook 07's memorisation
 # test turned around: how far is each subject image from its nearest training image, compared with how far new,
 # held-out real digits are from theirs?
 
@@ -172,7 +172,7 @@ def dreambooth_loss(model, diffusion, x, c, x_pr, c_pr, lam, t, noise, t_pr, noi
     ### END SOLUTION
 
 
-nb11.check_prior_preservation_loss(dreambooth_loss)
+nb12.check_prior_preservation_loss(dreambooth_loss)
 
 # %% [markdown]
 # ### Exercise 2 · the class-image set
@@ -189,7 +189,7 @@ def class_images(pipe, class_noun, n, generator):
     ### END SOLUTION
 
 
-examples = nb11.check_class_images(class_images, sd, classifier, subject)
+examples = nb12.check_class_images(class_images, sd, classifier, subject)
 class_set = class_images(sd, CLASS_NOUN, NUM_CLASS_IMAGES, torch.Generator().manual_seed(SEED))
 print(f"prior-preservation set: {tuple(class_set.shape)} latents")
 plots.show_images(examples, nrow=8, title="class images (decoded): what the frozen model means by 'a seven'")
@@ -239,7 +239,7 @@ prediction = None  # "a", "b" or "c"
 ### BEGIN SOLUTION
 prediction = "c"
 ### END SOLUTION
-nb11.commit_drift_prediction(prediction)
+nb12.commit_drift_prediction(prediction)
 
 # %%
 torch.set_grad_enabled(True)
@@ -248,7 +248,7 @@ naive = db.dreambooth(sd, subject, identifier=IDENTIFIER, class_noun=CLASS_NOUN,
 print(f"{STEPS} steps without prior preservation: {naive.seconds:.1f} s")
 results["no prior (λ = 0)"], shown = evaluate(naive.pipe)
 show_run(shown, "'a seven' (!)")
-nb11.reveal_drift(prediction, results["no prior (λ = 0)"]["'a seven' accuracy"])
+nb12.reveal_drift(prediction, results["no prior (λ = 0)"]["'a seven' accuracy"])
 
 # %% [markdown]
 # The model learned the subject, and forgot the class: "a seven", a prompt it never saw during fine-tuning,

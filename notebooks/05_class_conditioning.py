@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 04 · Class conditioning and classifier-free guidance
+# # 05 · Class conditioning and classifier-free guidance
 #
 # So far the model has drawn *some* digit. Now we want to ask for a *particular* one: "draw me a 7". That is a
 # **conditional** model $p_\theta(x \mid c)$ with a class label $c$. In a diffusion model the change is small:
@@ -46,7 +46,7 @@ from ddpm_lite import metrics, plots, toys
 from ddpm_lite.checkpoint import from_pretrained
 from ddpm_lite.data import load_dataset
 from ddpm_lite.diffusion import GaussianDiffusion, null_labels
-from ddpm_lite.exercises import nb04
+from ddpm_lite.exercises import nb05
 from ddpm_lite.oracle import sample_points
 from ddpm_lite.samplers import ddim, sample
 from ddpm_lite.toy_mlp import ToyMLP
@@ -141,7 +141,7 @@ assert all_bias.shape == (K, sum(b.shape[1] for b in bias)) and off_diag.nan_to_
 # **Does the label matter equally at every noise level?** We take real digits, noise them to $x_t$, and ask
 # the network for its noise prediction once *with* the true label and once with the null label. Each noise
 # prediction implies a guess of the clean image, $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta)/\sqrt{\bar\alpha_t}$
-# (eq. 4 solved for $x_0$; notebook 05 looks at it closely), clipped to the data range $[-1, 1]$ as the samplers
+# (eq. 4 solved for $x_0$; notebook 06 looks at it closely), clipped to the data range $[-1, 1]$ as the samplers
 # do. The root-mean-square difference between the two guesses, per pixel, says how much the label changes the
 # model's idea of the image.
 #
@@ -155,7 +155,7 @@ prediction = None  # "a", "b" or "c"
 ### BEGIN SOLUTION
 prediction = "c"
 ### END SOLUTION
-nb04.commit_label_effect_prediction(prediction)
+nb05.commit_label_effect_prediction(prediction)
 
 # %%
 gen = torch.Generator().manual_seed(0)
@@ -176,7 +176,7 @@ ax.set(xlabel="t", ylabel="RMS change of $\\hat x_0$", title="how much does the 
 plt.show()
 print("RMS change of x̂0 per pixel:", ", ".join(f"t={t}: {e:.3f}" for t, e in zip(ts_probe, label_effect)))
 assert label_effect[-1] > 3 * label_effect[0], label_effect
-nb04.reveal_label_effect(prediction, ts_probe, label_effect)
+nb05.reveal_label_effect(prediction, ts_probe, label_effect)
 
 # %% [markdown]
 # At small $t$ the image itself says which digit it is, so the label adds almost nothing. At large $t$ the
@@ -294,7 +294,7 @@ with torch.no_grad():
 # ## 4 · Samples per class, and how to measure them
 #
 # Here are samples from the model, one row per requested digit, 10 seeds per row (DDIM with 20 steps, which
-# notebook 06 explains; for now: a fast sampler). Every column starts from **the same** noise $x_T$ in every
+# notebook 07 explains; for now: a fast sampler). Every column starts from **the same** noise $x_T$ in every
 # row, so the only thing that changes down a column is the label.
 #
 # How good are they? Looking is not measuring. The course ships a small CNN trained on *real* 8×8 digits
@@ -335,7 +335,7 @@ assert acc_w0 >= 0.9, acc_w0
 # Things to look for: as $w$ grows, the odd, hard-to-read samples turn into clean, "prototypical" digits; the
 # seeds of a row look more alike; and more pixels end up at exactly $\pm 1$ (guidance pushes $\hat x_0$ beyond
 # the data range, where the sampler clips it). On this small model the changes are modest; at the large $w$ of
-# text-to-image models they are strong. Notebook 07 measures this fidelity/diversity trade-off properly and
+# text-to-image models they are strong. Notebook 08 measures this fidelity/diversity trade-off properly and
 # shows a fix for the saturation (dynamic thresholding).
 #
 # *(The widget needs a running kernel: if you only see a text placeholder, run the cell.)*
@@ -420,7 +420,7 @@ def guided_eps(eps_cond, eps_uncond, w):
     ### END SOLUTION
 
 
-nb04.check_guided_eps(guided_eps)
+nb05.check_guided_eps(guided_eps)
 
 
 # %% [markdown]
@@ -442,7 +442,7 @@ def drop_labels(y, p, num_classes, generator=None):
     ### END SOLUTION
 
 
-nb04.check_drop_labels(drop_labels)
+nb05.check_drop_labels(drop_labels)
 
 
 # %% [markdown]
@@ -468,7 +468,7 @@ def cfg_loss(model, diffusion, x0, y, p_uncond, generator=None):
     ### END SOLUTION
 
 
-nb04.check_cfg_loss(cfg_loss)
+nb05.check_cfg_loss(cfg_loss)
 
 # %%
 TOY_STEPS = 800                                   # AdamW steps (about 5 s on one core)
@@ -492,7 +492,7 @@ print(f"trained with your cfg_loss: {TOY_STEPS} steps in {time.perf_counter() - 
 
 
 # %% [markdown]
-# The model is sampled with DDIM (50 steps; notebook 06) through **your** `guided_eps` of exercise 1: at every
+# The model is sampled with DDIM (50 steps; notebook 07) through **your** `guided_eps` of exercise 1: at every
 # step the denoiser below asks the network for $\varepsilon_\theta(x_t, c)$ and $\varepsilon_\theta(x_t, \varnothing)$
 # and combines them with your function. Three runs from the same 800 starting points: the null class
 # (unconditional), each class (100 points per class) without guidance, and the same with $w = 3$.
@@ -561,7 +561,7 @@ assert spread(w3) < 0.5 * spread(w0) and w3.norm(dim=1).mean() > w0.norm(dim=1).
 # Guidance with $w = 3$ keeps every point on its class and does something else: the points of a class huddle
 # together (the spread within a class drops to a fraction of the data's) and move outwards, away from the other
 # classes, where $p(c \mid x)$ is highest. That is the fidelity-for-diversity trade of section 5, taken far on easy
-# data. Notebook 07 measures it properly.
+# data. Notebook 08 measures it properly.
 
 # %%
 print(f"notebook run time: {time.perf_counter() - NOTEBOOK_START:.0f} s")

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 08 · Latent diffusion: the same diffusion, in an autoencoder's latent space
+# # 09 · Latent diffusion: the same diffusion, in an autoencoder's latent space
 #
 # Every model so far denoised **pixels**. That is fine for 8×8 digits; it is not for photographs. A U-Net
 # step costs roughly in proportion to the number of pixels it processes, and a sampler runs it 20–1000 times per
@@ -52,7 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ddpm_lite import checkpoint, editing, latent, metrics, plots, samplers
 from ddpm_lite.autoencoder import measure_scale_factor
 from ddpm_lite.data import load_dataset
-from ddpm_lite.exercises import nb08
+from ddpm_lite.exercises import nb09
 from ddpm_lite.unet import UNet
 from ddpm_lite.widgets import Img2ImgExplorer
 
@@ -210,7 +210,7 @@ def my_reparam_kl(mean, logvar, eps):
     ### END SOLUTION
 
 
-nb08.check_reparam_kl(my_reparam_kl)
+nb09.check_reparam_kl(my_reparam_kl)
 
 # %% [markdown]
 # Your function on our autoencoder's posterior of the 200 test digits: samples $z \sim q(z \mid x)$ and their
@@ -252,7 +252,7 @@ def my_scale_factor(latents):
     ### END SOLUTION
 
 
-nb08.check_scale_factor(my_scale_factor)
+nb09.check_scale_factor(my_scale_factor)
 
 # %%
 train_x = load_dataset("mnist5k").images[:1000]
@@ -299,7 +299,7 @@ prediction = None  # "a", "b" or "c"
 ### BEGIN SOLUTION
 prediction = "b"
 ### END SOLUTION
-nb08.commit_scale_prediction(prediction)
+nb09.commit_scale_prediction(prediction)
 
 # %%
 z50, y50 = latent.encode_images(ae, x_test[:50]), y_test[:50]      # scale_factor · μ(x): the training scale
@@ -319,7 +319,7 @@ plt.show()
 mean_err = {m: float(np.mean(e)) for m, e in eps_err.items()}
 print("mean ε error over these t:", ", ".join(f"m = {m:g}: {e:.3f}" for m, e in mean_err.items()))
 assert mean_err[1.0] < 0.5 * min(mean_err[0.3], mean_err[3.0])
-nb08.reveal_scale_error(prediction, ts, eps_err[3.0], eps_err[1.0])
+nb09.reveal_scale_error(prediction, ts, eps_err[3.0], eps_err[1.0])
 
 # %% [markdown]
 # At the training scale the error is small everywhere. **Too wide** ($m = 3$): at small and medium $t$ the
@@ -479,7 +479,7 @@ def my_sdedit_timesteps(seq, strength):
     ### END SOLUTION
 
 
-nb08.check_sdedit_timesteps(my_sdedit_timesteps)
+nb09.check_sdedit_timesteps(my_sdedit_timesteps)
 
 # %% [markdown]
 # **An edit by hand, with your timesteps.** Three test digits edited towards other digits at strength 0.6:
@@ -607,7 +607,7 @@ assert ours == 4 and sd_pixels // sd_latent == 48
 #
 # ## What comes next
 #
-# The class label gives way to **text**. Notebook 09 trains the text encoder from scratch, a CLIP on captioned
+# The class label gives way to **text**. Notebook 10 trains the text encoder from scratch, a CLIP on captioned
 # digits; the notebook after it feeds that encoder's per-token states to the U-Net through cross-attention, with
 # classifier-free guidance on prompts, the last piece of Stable Diffusion's diagram in section 8.
 #

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 03 · The training loop
+# # 04 · The training loop
 #
 # Notebook 02 derived the objective: a network $\varepsilon_\theta(x_t, t)$ learns to tell which noise
 # $\varepsilon$ was mixed into a clean image $x_0$. This notebook is about *doing* it: the training loop, written
@@ -39,7 +39,7 @@ DATASET = "digits"     # "digits" (8×8, bundled, offline) | "mnist" | "fashion_
 DEVICE = "auto"        # "auto" = cuda > mps > cpu
 PRESET = "auto"        # U-Net preset: "auto" = the dataset's own ("digits" / "mnist"); see ddpm_lite.unet.PRESETS
 MAX_SECONDS = 25       # length of the main training run; the whole notebook takes ≈ MAX_SECONDS + 40 s on 2 CPU cores
-OUT_DIR = None         # None = a temporary folder; e.g. "runs/nb03" to keep the checkpoint afterwards
+OUT_DIR = None         # None = a temporary folder; e.g. "runs/nb04" to keep the checkpoint afterwards
 
 # %%
 import math
@@ -58,7 +58,7 @@ from ddpm_lite.data import load_dataset
 from ddpm_lite.device import pick_device
 from ddpm_lite.diffusion import GaussianDiffusion
 from ddpm_lite.ema import EMA
-from ddpm_lite.exercises import nb03
+from ddpm_lite.exercises import nb04
 from ddpm_lite.schedules import NoiseSchedule
 from ddpm_lite.train import TrainConfig, Trainer
 from ddpm_lite.unet import unet_preset
@@ -140,7 +140,7 @@ def training_step(model, opt, diffusion, x0, y, t, noise):
     ### END SOLUTION
 
 
-nb03.check_training_step(training_step)
+nb04.check_training_step(training_step)
 
 # %% [markdown]
 # Now the loop (step 8), with **your** `training_step`: 40 steps on batches of 32 digits, a few seconds.
@@ -202,7 +202,7 @@ plt.show()
 # * **gradient clipping** at norm 1;
 # * an **EMA** of the weights, updated after every step (section 3);
 # * **label dropout**: 10 % of the labels are replaced by a "null" class, so the same network also learns the
-#   unconditional model needed for classifier-free guidance (notebook 04);
+#   unconditional model needed for classifier-free guidance (notebook 05);
 # * a **progress bar**, a logged history, sample grids, **checkpoints** (section 4), bf16 autocast and
 #   multi-GPU (DDP) on GPUs, and Ctrl-C (or ■ in Jupyter) saves a checkpoint and returns cleanly.
 #
@@ -220,10 +220,10 @@ prediction = None  # "a", "b", "c" or "d"
 ### BEGIN SOLUTION
 prediction = "b"
 ### END SOLUTION
-nb03.commit_first_loss_prediction(prediction)
+nb04.commit_first_loss_prediction(prediction)
 
 # %%
-run_dir = Path(OUT_DIR) if OUT_DIR else Path(tempfile.mkdtemp(prefix="ddpm-nb03-"))
+run_dir = Path(OUT_DIR) if OUT_DIR else Path(tempfile.mkdtemp(prefix="ddpm-nb04-"))
 config = TrainConfig(
     dataset=DATASET, preset=PRESET, device=DEVICE,
     max_seconds=MAX_SECONDS,        # stop after this long (or set max_steps=...)
@@ -255,7 +255,7 @@ plt.show()
 assert last < first / 2, f"the loss should at least halve: {first:.3f} -> {last:.3f}"
 
 # %%
-nb03.reveal_first_loss(prediction, first, trainer.diffusion)
+nb04.reveal_first_loss(prediction, first, trainer.diffusion)
 
 
 # %% [markdown]
@@ -548,7 +548,7 @@ assert t10["recall"] < t50["recall"] - 0.03
 #   noise of few-step DDPM: DDIM's Table 1 (Song et al. 2021) has CIFAR-10 FID 41 for 10 ancestral steps against
 #   4.7 for 1000.
 #
-# This is why DDPM uses $T = 1000$, and why it is slow to sample from. Notebook 06 shows how to have both: DDIM
+# This is why DDPM uses $T = 1000$, and why it is slow to sample from. Notebook 07 shows how to have both: DDIM
 # and DPM-Solver++ take 10–20 *deterministic* steps with a model trained at $T = 1000$.
 #
 # ### Failure 3 · the EMA still holds the random initialisation
@@ -621,7 +621,7 @@ def my_l_simple(model, x0, t, noise, alphas_cumprod, y):
     ### END SOLUTION
 
 
-nb03.check_simple_loss(my_l_simple)
+nb04.check_simple_loss(my_l_simple)
 
 
 # %% [markdown]
@@ -642,7 +642,7 @@ def my_ema_update(shadow, model, decay):
     ### END SOLUTION
 
 
-nb03.check_ema_update(my_ema_update)
+nb04.check_ema_update(my_ema_update)
 
 
 # %% [markdown]
@@ -659,7 +659,7 @@ def my_ema_decay(step, decay, warmup):
     ### END SOLUTION
 
 
-nb03.check_ema_warmup(my_ema_decay)
+nb04.check_ema_warmup(my_ema_decay)
 
 # %% [markdown]
 # ## Summary

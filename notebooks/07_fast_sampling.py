@@ -1,7 +1,7 @@
 # %% [markdown]
-# # 06 · Fast sampling: DDIM and DPM-Solver++
+# # 07 · Fast sampling: DDIM and DPM-Solver++
 #
-# The DDPM sampler of notebook 05 walks back from noise one small step at a time: **one network evaluation
+# The DDPM sampler of notebook 06 walks back from noise one small step at a time: **one network evaluation
 # per step, $T = 1000$ of them per sample**. The source material ends its DDPM section on exactly this
 # weakness: *sampling is slow because it removes noise step by step*. This notebook shows why that many
 # steps are needed by the ancestral sampler, and how two ideas get the same trained network to produce
@@ -54,7 +54,7 @@ from ddpm_lite import metrics, plots, samplers, toys
 from ddpm_lite.checkpoint import from_pretrained
 from ddpm_lite.data import load_dataset
 from ddpm_lite.diffusion import GaussianDiffusion
-from ddpm_lite.exercises import nb06
+from ddpm_lite.exercises import nb07
 from ddpm_lite.oracle import error_decomposition, fit_toy_denoiser, sample_points
 from ddpm_lite.widgets import SamplerExplorer
 
@@ -227,7 +227,7 @@ def my_ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
     ### END SOLUTION
 
 
-nb06.check_ddim_sigma(my_ddim_sigma)
+nb07.check_ddim_sigma(my_ddim_sigma)
 
 
 # %% [markdown]
@@ -246,7 +246,7 @@ def my_ddim_step(x0_hat, eps_hat, alpha_bar_prev, sigma, z):
     ### END SOLUTION
 
 
-nb06.check_ddim_step(my_ddim_step)
+nb07.check_ddim_step(my_ddim_step)
 
 # %% [markdown]
 # ## 3 · Which timesteps? Spacing and its pitfalls
@@ -302,7 +302,7 @@ def my_trailing(T, steps):
     ### END SOLUTION
 
 
-nb06.check_trailing_timesteps(my_trailing)
+nb07.check_trailing_timesteps(my_trailing)
 
 
 # %% [markdown]
@@ -338,7 +338,7 @@ def my_ddim(denoiser, diffusion, x_T, steps, eta=0.0, generator=None):
     ### END SOLUTION
 
 
-nb06.check_ddim_sampler(my_ddim)
+nb07.check_ddim_sampler(my_ddim)
 
 # %%
 # your sampler on the digits model, beside the package's: ten noises x_T (labels 0–9), 10 steps, the same seed
@@ -427,7 +427,7 @@ assert gap < 1e-4
 # beyond this notebook's two-minute budget on a CPU (even 2 samples take half a minute on a busy 2-core
 # machine, because at tiny batches the fixed cost per call dominates). So we do **not** run it here:
 # its point on the time plot is the median measured seconds per evaluation × 1000 (an extrapolation, marked
-# as such); the η = 1 runs show how DDPM's own update behaves at fewer steps. Notebook 05 runs the real
+# as such); the η = 1 runs show how DDPM's own update behaves at fewer steps. Notebook 06 runs the real
 # 1000-step sampler on ten digits.
 
 # %%
@@ -633,7 +633,7 @@ prediction = None  # "a", "b" or "c"
 ### BEGIN SOLUTION
 prediction = "b"
 ### END SOLUTION
-nb06.commit_plateau_prediction(prediction)
+nb07.commit_plateau_prediction(prediction)
 
 # %%
 ORACLE_STEPS = (2, 3, 5, 10, 20, 50)     # step counts (= NFE) of DDIM and DPM-Solver++ on the 2D toy
@@ -707,7 +707,7 @@ for key in names:
     assert by[(key, 2)]["discretisation"] > 5 * by[(key, max(ORACLE_STEPS))]["discretisation"]
 # the second-order solver gets its discretisation error under the model error in fewer steps
 assert crossover("dpmpp2m") < crossover("ddim")
-nb06.reveal_plateau(prediction, by[("ddim", 20)]["total"], by[("ddim", 50)]["total"],
+nb07.reveal_plateau(prediction, by[("ddim", 20)]["total"], by[("ddim", 50)]["total"],
                     by[("ddim", 50)]["discretisation"])
 
 # %% [markdown]
@@ -797,10 +797,10 @@ assert explorer.run("dpmpp2m", 5)["nfe"] == 5 and explorer.sample_calls == 2
 #
 # ## What comes next
 #
-# **[07 · Guidance](07_guidance.ipynb)** uses these fast samplers to study classifier-free guidance: how the
+# **[07 · Guidance](08_guidance.ipynb)** uses these fast samplers to study classifier-free guidance: how the
 # guidance weight trades diversity for fidelity (measured), what large weights do to $\hat x_0$, and static
 # clipping against Imagen's dynamic thresholding. It closes the DDPM part of the course. The next part moves
-# from pixels and class labels to latents and text: **[08 · Latent diffusion](08_latent_diffusion.ipynb)** (the
+# from pixels and class labels to latents and text: **[08 · Latent diffusion](09_latent_diffusion.ipynb)** (the
 # core of Stable Diffusion) runs samplers like these in the compressed latent space of an autoencoder; text
 # conditioning with CLIP, text-to-image and personalisation with DreamBooth follow (not published yet).
 #

@@ -1,17 +1,17 @@
 # %% [markdown]
-# # 10 · Text to image: a mini Stable Diffusion and a mini Imagen
+# # 11 · Text to image: a mini Stable Diffusion and a mini Imagen
 #
 # This is where the course has been heading. **Stable Diffusion** (Rombach et al. 2022) encodes a prompt with
 # CLIP's frozen text encoder, lets a U-Net read the per-token states through **cross-attention**, denoises in
 # an autoencoder's **latent space** and decodes. **Imagen** (Saharia et al. 2022) reads a large *frozen* text
 # encoder the same way but stays in **pixel space**: a small base image, then **super-resolution** diffusion
 # models conditioned on it (a *cascade*), with very high classifier-free guidance made usable by **dynamic
-# thresholding**. Both are built from pieces of this course: the U-Net and samplers (notebooks 03–06),
+# thresholding**. Both are built from pieces of this course: the U-Net and samplers (notebooks 04–07),
 # guidance and thresholding (07), the autoencoder (08) and the CLIP text encoder (09).
 #
-# The course ships one of each, trained on a laptop CPU on captioned 28×28 digits (notebook 09's captions):
+# The course ships one of each, trained on a laptop CPU on captioned 28×28 digits (notebook 10's captions):
 # `mnist5k-sd` (latent 4×7×7, 1.7M-parameter U-Net) and `mnist5k-imagen` (a 14×14 text-conditioned base model
-# and a 14 → 28 super-resolution model). Both read the same frozen text tower of notebook 09's CLIP.
+# and a 14 → 28 super-resolution model). Both read the same frozen text tower of notebook 10's CLIP.
 #
 # **What you will learn**
 #
@@ -76,7 +76,7 @@
 # (a cascade directory is made with `python -m ddpm_lite cascade`).
 SD_CHECKPOINT = "assets/checkpoints/mnist5k-sd"          # mini Stable Diffusion: latent 4×7×7 + autoencoder
 IMAGEN_CHECKPOINT = "assets/checkpoints/mnist5k-imagen"  # mini Imagen: 14×14 base + 14 → 28 super-resolution
-CLIP_CHECKPOINT = "assets/checkpoints/mnist5k-clip"      # notebook 09's CLIP: the frozen text tower of both
+CLIP_CHECKPOINT = "assets/checkpoints/mnist5k-clip"      # notebook 10's CLIP: the frozen text tower of both
 PROMPT = "a thick upside-down two, shifted to the left"  # sections 1 and 2 follow this prompt
 STEPS = 20               # DDIM steps (each stage of the cascade)
 GUIDANCE = 3.0           # classifier-free guidance weight w (scale s = 1 + w)
@@ -104,7 +104,7 @@ from ddpm_lite import checkpoint, latent, metrics, plots
 from ddpm_lite.clip import CLIP
 from ddpm_lite.conditioning import SuperResCondition
 from ddpm_lite.data import load_dataset
-from ddpm_lite.exercises import nb10
+from ddpm_lite.exercises import nb11
 from ddpm_lite.pipeline import TextToImage
 from ddpm_lite.samplers import sample
 from ddpm_lite.text_encoder import CLIPTextEncoder
@@ -139,7 +139,7 @@ print(f"parameters (millions): text encoder {n_params(sd.text_encoder):.2f} (fro
 # %% [markdown]
 # ## 1 · One prompt, every stage
 #
-# **Text.** The tokenizer of notebook 09 splits the prompt into words, frames them with `<start>` and `<end>`
+# **Text.** The tokenizer of notebook 10 splits the prompt into words, frames them with `<start>` and `<end>`
 # and pads to the context length of 32; the frozen text encoder turns the ids into one 128-number state per
 # token (its last layer, before CLIP's projection: what Stable Diffusion uses too). The padding mask says which
 # tokens are real. Both systems share this encoder, so the prompt's states are the same for both:
@@ -198,7 +198,7 @@ assert im_out["base"].shape == (4, 1, 14, 14) and im_out["images"].shape == (4, 
 # %% [markdown]
 # The 14×14 base image already holds the digit, its position and orientation; the super-resolution stage adds
 # the sharp 28×28 strokes. In latent space the four channels are no image at all, yet the decoder reads the
-# digit out of them (notebook 08).
+# digit out of them (notebook 09).
 #
 # ## 2 · Cross-attention: which word looks where
 #
@@ -295,7 +295,7 @@ def my_cross_attention(q, k, v, mask):
     ### END SOLUTION
 
 
-nb10.check_cross_attention(my_cross_attention)
+nb11.check_cross_attention(my_cross_attention)
 
 # %% [markdown]
 # Your function inside the trained model: catch the input of mini-SD's first cross-attention layer during one
@@ -345,7 +345,7 @@ def my_text_guided_eps(model, x_t, t, cond, w):
     ### END SOLUTION
 
 
-nb10.check_text_guidance(my_text_guided_eps)
+nb11.check_text_guidance(my_text_guided_eps)
 
 # %% [markdown]
 # Mini-Imagen's **base stage** alone is a pixel-space text-to-image model (14×14). Sampling it with your guided
@@ -426,7 +426,7 @@ assert min(v["accuracy"] for (w, th, p), v in sweep.items() if w >= 1 and p != 0
 # * **Static clipping**: the share of pixels exactly at ±1 grows with $w$, to about a third of all pixels: the
 #   strokes become flat white blocks without grey edges (the rows at $w = 6$ and $10$).
 # * **Dynamic thresholding** with $p = 0.95$ keeps the grey levels (a few per cent of pixels at ±1) at every
-#   weight, at a price seen in notebook 07: dividing $\hat x_0$ by $s > 1$ also lifts the black background
+#   weight, at a price seen in notebook 08: dividing $\hat x_0$ by $s > 1$ also lifts the black background
 #   towards grey, more so the larger $w$.
 # * With **Imagen's $p = 0.995$** the threshold $s$ is set by the single brightest of the 196 pixels (0.5% of
 #   196 is one pixel): the background turns grey and some strokes dissolve. Imagen's 64×64×3 images have 12,288
@@ -507,7 +507,7 @@ def my_noise_augment(low, size, aug_level, alphas_cumprod, noise):
     ### END SOLUTION
 
 
-nb10.check_noise_augmentation(my_noise_augment)
+nb11.check_noise_augmentation(my_noise_augment)
 
 # %% [markdown]
 # With your augmentation, the super-resolution stage by hand: the stage draws the augmentation noise from the
@@ -530,7 +530,7 @@ assert torch.allclose(by_hand, cascade[s]["images"], atol=1e-5)
 # Imagen's central finding (Saharia et al. 2022, §4.4 and Fig. 4a): a text encoder pretrained on text alone
 # (T5-XXL), **frozen**, conditions a diffusion model well, and making *it* larger improves the images more than
 # making the U-Net larger. The encoder brings what it learned about language. Our CLIP text tower learned from
-# notebook 09's captions, for example, that "seven" and "7" name the same digits. In the captions a digit is
+# notebook 10's captions, for example, that "seven" and "7" name the same digits. In the captions a digit is
 # named by a numeral only one time in six (the template "the digit 7, ..." with its numeral form), so a model
 # that must learn every word from its own image–caption pairs sees "7" far less often than "seven".
 #
@@ -602,7 +602,7 @@ assert similar["pretrained CLIP text tower"][0] > similar["pretrained CLIP text 
 #
 # ## 6 · Held-out combinations
 #
-# Notebook 09 held three (transformation, digit) pairs out of every caption: an upside-down seven, an inverted
+# Notebook 10 held three (transformation, digit) pairs out of every caption: an upside-down seven, an inverted
 # three ("black on white") and a small five. The text-to-image models were trained on the same captions, so
 # they never saw an image of these either. Its CLIP composed "small" and "black on white" with any digit, but
 # did not read an upside-down seven as a seven: the rotation makes a new shape. Do the generators compose?
@@ -624,7 +624,7 @@ prediction = None  # "a", "b" or "c"
 ### BEGIN SOLUTION
 prediction = "b"
 ### END SOLUTION
-nb10.commit_held_out_prediction(prediction)
+nb11.commit_held_out_prediction(prediction)
 
 # %%
 HELD = [("an upside-down seven", 7, "orientation", "upside_down"), ("a small five", 5, "size", "small"),
@@ -647,7 +647,7 @@ plt.show()
 for (system, prompt), (d, o) in held.items():
     print(f"{system:>11} {prompt!r:>26}: digit {d:.0%}, attribute obeyed {o:.0%}")
 ud7 = [held[system, "an upside-down seven"] for system in ("mini-SD", "mini-Imagen")]
-nb10.reveal_held_out(prediction, float(np.mean([d for d, _ in ud7])), float(np.mean([o for _, o in ud7])))
+nb11.reveal_held_out(prediction, float(np.mean([d for d, _ in ud7])), float(np.mean([o for _, o in ud7])))
 
 digit = {k: v[0] for k, v in held.items()}
 obeyed = {k: v[1] for k, v in held.items()}
@@ -660,7 +660,7 @@ assert obeyed["mini-SD", "a three, black on white"] <= 0.2 and obeyed["mini-Imag
 # * **A small five** composes: both systems draw small fives, most of them readable. Shrinking a digit keeps
 #   its shape, and "small" was learned from the other nine digits.
 # * **An upside-down seven** does not: both systems draw something upside-down (the CLIP judge says so for
-#   every image), but turned back it is not a seven. As in notebook 09, the rotation makes a *new shape* that
+#   every image), but turned back it is not a seven. As in notebook 10, the rotation makes a *new shape* that
 #   "seven" never named, and the text encoder (the same CLIP's) cannot tell the U-Net what that shape is; the
 #   models fall back on strokes of the upside-down digits they did see.
 # * **A black-on-white three**: mini-Imagen inverts the colours but its threes break up; mini-SD ignores the
@@ -668,7 +668,7 @@ assert obeyed["mini-SD", "a three, black on white"] <= 0.2 and obeyed["mini-Imag
 #   such an image.
 #
 # **Why mini-SD never saw an inverted digit.** A latent diffusion model can only draw what its autoencoder can
-# decode. The `mnist5k` autoencoder (notebook 08) was trained on white-on-black digits; on inverted ones its
+# decode. The `mnist5k` autoencoder (notebook 09) was trained on white-on-black digits; on inverted ones its
 # reconstruction error is fifty times larger (mean |D(E(x)) − x| on 200 test digits, pixels in [−1, 1]):
 
 # %%
@@ -719,7 +719,7 @@ explorer
 #
 # ## What comes next
 #
-# Notebook 11 personalises a text-to-image model: **DreamBooth** (Ruiz et al. 2023) fine-tunes it on a few
+# Notebook 12 personalises a text-to-image model: **DreamBooth** (Ruiz et al. 2023) fine-tunes it on a few
 # images of one subject, bound to a rare token, so that prompts can place that subject in new contexts, and
 # measures what the fine-tuning makes the model forget.
 #

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 09 · CLIP from scratch: teaching images and captions to agree
+# # 10 · CLIP from scratch: teaching images and captions to agree
 #
 # Every conditional model so far was told *which digit* with a class index. Text-to-image models are told
 # with a **sentence**, and what turns a sentence into something a U-Net can use is a text encoder trained to
@@ -83,7 +83,7 @@ from ddpm_lite import captions as cap
 from ddpm_lite import checkpoint, metrics, plots
 from ddpm_lite.clip import CLIP, MAX_LOGIT_SCALE, contrastive_loss, probe_attribute
 from ddpm_lite.data import load_dataset
-from ddpm_lite.exercises import nb09
+from ddpm_lite.exercises import nb10
 from ddpm_lite.tokenizer import split_words
 from ddpm_lite.train import TrainConfig, Trainer
 
@@ -317,7 +317,7 @@ def my_clip_loss(image_emb, text_emb, logit_scale):
     ### END SOLUTION
 
 
-nb09.check_clip_loss(my_clip_loss)
+nb10.check_clip_loss(my_clip_loss)
 
 # %% [markdown]
 # Your function on a real training batch: 256 training digits, captioned as the Trainer captions them, through
@@ -407,7 +407,7 @@ def my_zero_shot_predict(image_emb, template_embs):
     ### END SOLUTION
 
 
-nb09.check_zero_shot(my_zero_shot_predict)
+nb10.check_zero_shot(my_zero_shot_predict)
 
 # %% [markdown]
 # Your classifier on the 1000 test digits, with each template alone (T = 1) and with all three, next to the
@@ -550,7 +550,7 @@ prediction = None  # "a", "b" or "c"
 ### BEGIN SOLUTION
 prediction = "c"
 ### END SOLUTION
-nb09.commit_upside_down_prediction(prediction)
+nb10.commit_upside_down_prediction(prediction)
 
 # %%
 HELD = {"an upside-down seven": dict(label=7, orientation="upside-down"),
@@ -568,7 +568,7 @@ print(f"zero-shot class of the {len(ud7)} upside-down test sevens:",
       {cap.NUMBER_WORDS[k]: int(v) for k, v in enumerate(ud7_counts) if v})
 ud7_share = float((ud7_pred == 7).float().mean())
 other = cap.NUMBER_WORDS[int(ud7_counts.index_fill(0, torch.tensor([7]), 0).argmax())]   # the most common non-seven
-nb09.reveal_upside_down(prediction, ud7_share, other)
+nb10.reveal_upside_down(prediction, ud7_share, other)
 assert torch.equal(ud7_pred, model.zero_shot_classify(ud7).argmax(1))   # your classifier = the package's
 assert held_counts[1] >= TOP_K - 2 and held_counts[2] >= TOP_K - 2     # inverted threes, small fives: found
 assert ud7_share < 0.5                                                 # upside-down sevens: not read as sevens
@@ -655,7 +655,7 @@ for text in ("a seven with a crossbar", "two sevens", "a neatly written seven", 
 #
 # ## What comes next
 #
-# Notebook 10 uses this text encoder to *generate*: a diffusion U-Net conditioned on a caption, reading the
+# Notebook 11 uses this text encoder to *generate*: a diffusion U-Net conditioned on a caption, reading the
 # text encoder's **per-token states** through cross-attention (a mini Stable Diffusion, or a mini Imagen with
 # a frozen text encoder), with classifier-free guidance on prompts. Those states are already here:
 

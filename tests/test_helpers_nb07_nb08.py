@@ -1,4 +1,4 @@
-"""Helpers appended for notebooks 06 and 07: `metrics.within_class_spread`, `plots.plot_timestep_spacings`,
+"""Helpers appended for notebooks 07 and 08: `metrics.within_class_spread`, `plots.plot_timestep_spacings`,
 `plots.plot_sampler_benchmark`."""
 
 import matplotlib
