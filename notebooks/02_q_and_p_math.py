@@ -884,7 +884,10 @@ assert diff_mean < 1e-4 and diff_sigma < 1e-6
 #
 # ## What comes next
 #
-# **03 · The training loop** turns §8's few lines into a real trainer for images: the eight steps of a
+# **03 · The denoising network** opens up the $\varepsilon_\theta$ that §8 treated as a black box: the U-Net, its
+# time embedding, residual blocks, skip connections and attention, piece by piece.
+#
+# **04 · The training loop** turns §8's few lines into a real trainer for images: the eight steps of a
 # training iteration, EMA of the weights, saving, loading and resuming, and the classic ways training fails. The
 # `Trainer` you will use there runs Algorithm 1 with the min-SNR-γ-weighted ε-loss of §6b (γ = 1 for digits),
 # not plain $L_\text{simple}$, unless you pass `min_snr_gamma=None`.

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from ddpm_lite import plots, unet
 from ddpm_lite.checkpoint import from_pretrained
-from ddpm_lite.exercises import nb_network as nb03
+from ddpm_lite.exercises import nb03
 from ddpm_lite.samplers import sample
 from ddpm_lite.unet import PRESETS, Attention, Downsample, ResBlock, Upsample, UNet, timestep_embedding, unet_preset
 

@@ -2,7 +2,8 @@
 # # 04 · The training loop
 #
 # Notebook 02 derived the objective: a network $\varepsilon_\theta(x_t, t)$ learns to tell which noise
-# $\varepsilon$ was mixed into a clean image $x_0$. This notebook is about *doing* it: the training loop, written
+# $\varepsilon$ was mixed into a clean image $x_0$; notebook 03 took that network, a U-Net, apart. This notebook
+# is about *training* it: the training loop, written
 # out by hand once and then run for real with `ddpm_lite`'s `Trainer`, and the practical machinery every
 # diffusion codebase has around that loop: an exponential moving average of the weights, checkpoints you can
 # load and resume, and a few well-known ways to get it wrong.

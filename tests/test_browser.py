@@ -46,7 +46,7 @@ NB01 = "01_forward_noising.ipynb"
 NB06 = "06_sampling_visualisation.ipynb"
 NB01_BROKEN = "01_forward_noising_BROKEN_slider.ipynb"
 NB11 = "11_text_to_image.ipynb"
-NB11_PROMPT = "10_text_to_image_prompt_box.ipynb"  # its first two code cells and the widget's cell
+NB11_PROMPT = "11_text_to_image_prompt_box.ipynb"  # its first two code cells and the widget's cell
 # The browser runs these only up to (and including) the cell that builds their widget: nothing after it
 # can change what the widget test sees, and nbval runs every cell of every notebook anyway. Notebook 06's
 # later sections (DDIM timings, seeds, ...) would add about a third to its run in the browser, the longest one.

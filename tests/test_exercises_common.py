@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from ddpm_lite.exercises import (NOT_ANSWERED, ExerciseError, NotAnsweredError, allclose, call_answer, nb01, nb02,
-                                 nb04, nb05, nb06, nb07, nb08, nb09, nb10, nb11)
+                                 nb03, nb04, nb05, nb06, nb07, nb08, nb09, nb10, nb11, nb12)
 
 # every check that takes the learner's function, in every notebook
 FUNCTION_CHECKS = [
-    nb01.check_q_sample,
-    nb02.check_posterior_coefficients, nb02.check_eps_to_x0, nb02.check_x0_to_v, nb02.check_prior_bpd,
-    nb04.check_simple_loss, nb04.check_ema_update, nb04.check_ema_warmup,
+    nb01.check_q_sample, nb01.check_cosine_betas,
+    nb02.check_posterior_coefficients, nb02.check_eps_to_x0, nb02.check_x0_to_v, nb02.check_prior_bpd, nb02.check_reverse_step,
+    nb03.check_time_embedding, nb03.check_resblock_forward,
+    nb04.check_simple_loss, nb04.check_ema_update, nb04.check_ema_warmup, nb04.check_training_step,
     nb05.check_guided_eps, nb05.check_drop_labels, nb05.check_cfg_loss,
     nb06.check_ddpm_sample, nb06.check_ddim_step,
     nb07.check_ddim_sigma, nb07.check_ddim_step, nb07.check_trailing_timesteps, nb07.check_ddim_sampler,
@@ -20,6 +21,7 @@ FUNCTION_CHECKS = [
     nb09.check_reparam_kl, nb09.check_sdedit_timesteps, nb09.check_scale_factor,
     nb10.check_clip_loss, nb10.check_zero_shot,
     nb11.check_cross_attention, nb11.check_text_guidance, nb11.check_noise_augmentation,
+    nb12.check_prior_preservation_loss,
 ]
 
 

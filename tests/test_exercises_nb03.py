@@ -1,4 +1,4 @@
-"""The checks of the network notebook pass the reference solutions and reject typical mistakes, each by name."""
+"""The checks of notebook 03 (the network) pass the reference solutions and reject typical mistakes, each by name."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_lite.exercises import ExerciseError, NotAnsweredError
-from ddpm_lite.exercises import nb_network as nbn
+from ddpm_lite.exercises import nb03 as nbn
 from ddpm_lite.unet import timestep_embedding, unet_preset
 
 
