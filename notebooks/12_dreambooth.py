@@ -61,7 +61,7 @@ PRIOR_WEIGHT = 1.0       # λ of eq. 2
 NUM_CLASS_IMAGES = 100   # class images for the prior loss (the paper: about 1000). GPU: 1000
 SNAPSHOTS = (40, 80, 120)  # section 5: measure the fine-tuning run at these steps (and before it)
 TI_STEPS = 120           # section 6: textual-inversion steps (one embedding row, lr 5e-2)
-EVAL_N = 48              # images per prompt for the measurements. GPU: 1000
+EVAL_N = 40              # images per prompt for the measurements. GPU: 1000
 GUIDANCE = 3.0           # classifier-free guidance weight for every sample
 SEED = 0
 
@@ -269,9 +269,9 @@ def measure(step, pipe):
     and "shifted to the left" are still obeyed."""
     if step not in (0, *SNAPSHOTS):
         return
-    v = draw(pipe, f"a {IDENTIFIER} {CLASS_NOUN}", n=16, seed=2)
-    small = draw(pipe, f"a small {IDENTIFIER} {CLASS_NOUN}", n=16, seed=3)
-    left = draw(pipe, f"a {IDENTIFIER} {CLASS_NOUN}, shifted to the left", n=16, seed=4)
+    v = draw(pipe, f"a {IDENTIFIER} {CLASS_NOUN}", n=12, seed=2)
+    small = draw(pipe, f"a small {IDENTIFIER} {CLASS_NOUN}", n=12, seed=3)
+    left = draw(pipe, f"a {IDENTIFIER} {CLASS_NOUN}, shifted to the left", n=12, seed=4)
     snapshots[step] = {"subject distance": float(db.feature_distance(v, subject, classifier).mean()),
                        "'small' obeyed": float(measured_value(small, "size", {}).float().mean()),
                        "'left' obeyed": float(1 - measured_value(left, "position", {}).float().mean())}
