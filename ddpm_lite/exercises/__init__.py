@@ -90,6 +90,35 @@ def expect_close(answer, reference, name: str, rtol: float = 1e-4, atol: float =
         )
 
 
+class WatchedDenoiser:
+    """Wraps a denoiser `denoiser(x, t)` handed to a learner's sampler: checks the timesteps it is asked for (a
+    long tensor [B], inside 0 … T−1) and records them (`ts`) and the first state it sees (`first_x`), so a check
+    can name a loop that runs the wrong way or asks for the wrong t. `below_zero` / `too_large`: what to say when
+    t < 0 or t ≥ T (formatted with {t} and {T})."""
+
+    def __init__(self, denoiser, T: int, batch: int, below_zero: str | None = None, too_large: str | None = None):
+        self.denoiser, self.T, self.batch = denoiser, T, batch
+        default = "the denoiser was asked for t = {t}, but timesteps are indexed 0 … {T_last}."
+        self.below_zero, self.too_large = below_zero or default, too_large or default
+        self.ts: list[int] = []
+        self.first_x = None
+
+    def __call__(self, x, t):
+        if not torch.is_tensor(t) or t.dtype not in (torch.int64, torch.int32) or t.shape != (self.batch,):
+            got = (f"a tensor of shape {tuple(t.shape)}, dtype {t.dtype}" if torch.is_tensor(t)
+                   else f"{type(t).__name__} {t!r}")
+            raise ExerciseError(f"call the denoiser with one timestep per sample, a long tensor of shape [B] = "
+                                f"[{self.batch}] (torch.full((B,), t)); got {got}.")
+        value = int(t[0])
+        for bad, message in ((value < 0, self.below_zero), (value >= self.T, self.too_large)):
+            if bad:
+                raise ExerciseError(message.format(t=value, T=self.T, T_last=self.T - 1))
+        if self.first_x is None:
+            self.first_x = x.detach().clone()
+        self.ts.append(value)
+        return self.denoiser(x, t)
+
+
 # -- "predict, then run" -------------------------------------------------------------------------------------------
 
 def commit_choice(answer, choices: dict, name: str = "prediction", echo: bool = True) -> str:

@@ -26,7 +26,8 @@ import torch
 from ..diffusion import GaussianDiffusion
 from ..samplers import ddim_steps, ddpm, make_denoiser
 from ..schedules import NoiseSchedule
-from . import ExerciseError, allclose, as_tensor, call_answer, commit_choice, expect_close, passed, reveal_choice
+from . import (ExerciseError, WatchedDenoiser, allclose, as_tensor, call_answer, commit_choice, expect_close, passed,
+               reveal_choice)
 
 __all__ = ["check_ddpm_sample", "check_ddim_step", "SETTLE_CHOICES", "commit_settle_prediction", "settle_truth",
            "reveal_settle"]
@@ -40,32 +41,6 @@ def _inputs(T: int, seed: int = 7):
 
 
 # -- exercise 1: the ancestral sampling loop ------------------------------------------------------------------------
-
-
-class _WatchedDenoiser:
-    """Wraps a denoiser: checks the timesteps it is given (a long tensor [B] inside 0 … T−1) and records them and
-    the first state it sees."""
-
-    def __init__(self, denoiser, T: int, batch: int):
-        self.denoiser, self.T, self.batch = denoiser, T, batch
-        self.ts: list[int] = []
-        self.first_x = None
-
-    def __call__(self, x, t):
-        if not torch.is_tensor(t) or t.dtype not in (torch.int64, torch.int32) or t.shape != (self.batch,):
-            got = (f"a tensor of shape {tuple(t.shape)}, dtype {t.dtype}" if torch.is_tensor(t)
-                   else f"{type(t).__name__} {t!r}")
-            raise ExerciseError(f"call the denoiser with one timestep per sample, a long tensor of shape [B] = "
-                                f"[{self.batch}] (torch.full((B,), t)); got {got}.")
-        value = int(t[0])
-        if not 0 <= value < self.T:
-            raise ExerciseError(f"the denoiser was asked for t = {value}, but this diffusion has T = {self.T} "
-                                f"timesteps, indexed 0 … {self.T - 1}: loop over range(diffusion.num_timesteps) "
-                                f"backwards, not a fixed 1000.")
-        if self.first_x is None:
-            self.first_x = x.detach().clone()
-        self.ts.append(value)
-        return self.denoiser(x, t)
 
 
 def _ddpm_variant(denoiser, diffusion, x_T, generator, kind: str):
@@ -130,7 +105,9 @@ def check_ddpm_sample(ddpm_sample_fn) -> None:
     x_T = torch.randn(24, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
     def run(seed):
-        watched = _WatchedDenoiser(denoiser, T, x_T.shape[0])
+        out_of_range = ("the denoiser was asked for t = {t}, but this diffusion has T = {T} timesteps, indexed "
+                        "0 … {T_last}: loop over range(diffusion.num_timesteps) backwards, not a fixed 1000.")
+        watched = WatchedDenoiser(denoiser, T, x_T.shape[0], out_of_range, out_of_range)
         out = call_answer(ddpm_sample_fn, "ddpm_sample", watched, diffusion, x_T.clone(),
                           torch.Generator().manual_seed(seed))
         return as_tensor(out, "ddpm_sample(...)"), watched

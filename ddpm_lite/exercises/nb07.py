@@ -30,8 +30,8 @@ import torch
 
 from ..diffusion import GaussianDiffusion
 from ..samplers import ddim, ddim_sigma, ddim_steps, make_denoiser, timestep_sequence
-from . import (ExerciseError, NotAnsweredError, allclose, as_tensor, call_answer, commit_choice, passed,
-               reveal_choice)
+from . import (ExerciseError, NotAnsweredError, WatchedDenoiser, allclose, as_tensor, call_answer, commit_choice,
+               passed, reveal_choice)
 
 __all__ = ["check_ddim_sigma", "check_ddim_step", "check_trailing_timesteps", "check_ddim_sampler",
            "PLATEAU_CHOICES", "commit_plateau_prediction", "plateau_truth", "reveal_plateau"]
@@ -179,33 +179,6 @@ def check_trailing_timesteps(trailing_fn) -> None:
 
 # -- exercise 4: a whole DDIM sampler ------------------------------------------------------------------------------
 
-class _WatchedDenoiser:
-    """Wraps a denoiser: checks the timesteps it is given and records them and the first state it sees."""
-
-    def __init__(self, denoiser, T: int, batch: int):
-        self.denoiser, self.T, self.batch = denoiser, T, batch
-        self.ts: list[int] = []
-        self.first_x = None
-
-    def __call__(self, x, t):
-        if not torch.is_tensor(t) or t.dtype not in (torch.int64, torch.int32) or t.shape != (self.batch,):
-            got = (f"a tensor of shape {tuple(t.shape)}, dtype {t.dtype}" if torch.is_tensor(t)
-                   else f"{type(t).__name__} {t!r}")
-            raise ExerciseError(f"call the denoiser with one timestep per sample, a long tensor of shape [B] = "
-                                f"[{self.batch}] (torch.full((B,), t)); got {got}.")
-        value = int(t[0])
-        if value < 0:
-            raise ExerciseError(f"the denoiser was asked for t = {value}: ask it at the current timestep t of each "
-                                f"step, never at t_prev (−1 is the data, where there is nothing left to denoise).")
-        if value >= self.T:
-            raise ExerciseError(f"the denoiser was asked for t = {value}, but timesteps are indexed 0 … "
-                                f"{self.T - 1}.")
-        if self.first_x is None:
-            self.first_x = x.detach().clone()
-        self.ts.append(value)
-        return self.denoiser(x, t)
-
-
 def _ddim_variant(denoiser, diffusion, x_T, steps, eta, generator, kind: str):
     """A typical wrong version of the sampler (same draws from `generator` as the right one)."""
     ab = diffusion.schedule.alphas_cumprod
@@ -254,7 +227,10 @@ def check_ddim_sampler(sampler_fn) -> None:
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
 
     def run(steps, eta, seed):
-        watched = _WatchedDenoiser(denoiser, T, x_T.shape[0])
+        watched = WatchedDenoiser(denoiser, T, x_T.shape[0],
+                                  below_zero="the denoiser was asked for t = {t}: ask it at the current timestep t "
+                                             "of each step, never at t_prev (−1 is the data, where there is nothing "
+                                             "left to denoise).")
         negative = ("On the last step t_prev = −1 is the data, ᾱ_prev = 1; alphas_cumprod[-1] is Python's *last* "
                     "entry, ᾱ_{T−1} ≈ 0, smaller than ᾱ_t, which makes 1 − ᾱ_t/ᾱ_prev in σ negative.")
         try:
