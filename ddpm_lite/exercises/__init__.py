@@ -90,6 +90,22 @@ def expect_close(answer, reference, name: str, rtol: float = 1e-4, atol: float =
         )
 
 
+def small_text_unet(seed: int):
+    """A small text-conditioned UNet (8×8, context width 6) in float64 and eval mode whose weights, zero-initialised
+    layers included, are perturbed by 0.3·N(0, 1) from a generator seeded with `seed`, so that the context
+    matters to its output. Returns (model, generator): the checks draw their inputs from the same generator."""
+    from ..unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(image_size=8, in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(4,), num_heads=2, dropout=0.0, num_groups=4, context_dim=6)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model.eval().double(), g
+
+
 class WatchedDenoiser:
     """Wraps a denoiser `denoiser(x, t)` handed to a learner's sampler: checks the timesteps it is asked for (a
     long tensor [B], inside 0 … T−1) and records them (`ts`) and the first state it sees (`first_x`), so a check
@@ -136,13 +152,18 @@ def commit_choice(answer, choices: dict, name: str = "prediction", echo: bool = 
     return key
 
 
-def reveal_choice(answer, truth: str, choices: dict, why: str, measured: str = "") -> bool:
+def reveal_choice(answer, truth: str, choices: dict, why: str, measured: str = "",
+                  wrong_why: dict | None = None) -> bool:
     """After the run: compare the committed `answer` with the `truth` (a key of `choices`, computed from what
     was just measured, never typed in), print which it was and the reasoning `why`. Returns True when the
-    prediction was right. A wrong prediction is not an error (the notebook goes on), but it is said plainly."""
+    prediction was right. A wrong prediction is not an error (the notebook goes on), but it is said plainly.
+    `wrong_why` {(truth, answer): text} adds what is wrong with a particular answer when that was the truth."""
     key = commit_choice(answer, choices, echo=False)
     if truth not in choices:
         raise ValueError(f"truth {truth!r} is not one of the choices {list(choices)}")
+    extra = (wrong_why or {}).get((truth, key)) if key != truth else None
+    if extra:
+        why = f"{why} {extra}"
     what = f" ({measured})" if measured else ""
     if key == truth:
         print(f"✅ Right: ({truth}) {choices[truth]}{what}.")

@@ -355,8 +355,7 @@ def reveal_label_effect(prediction, ts, effect) -> bool:
     why = ("x̂_0 is the model's estimate of E[x_0 | x_t, c]. The more noise, the less x_t says about the digit, and "
            "the more of that estimate has to come from the label. Near t = T the image carries almost nothing, "
            "and the label is the only information about what to draw.")
-    if key != truth and truth == "c" and _LABEL_EFFECT_MISTAKES.get(key):
-        why += " " + _LABEL_EFFECT_MISTAKES[key]
     return reveal_choice(key, truth, LABEL_EFFECT_CHOICES, why,
+                         wrong_why={("c", k): text for k, text in _LABEL_EFFECT_MISTAKES.items()},
                          measured=f"measured: largest change {effect[k]:.2f} per pixel at t = {ts[k]}, "
                                   f"{effect[0]:.3f} at t = {ts[0]}")

@@ -259,8 +259,7 @@ def reveal_settle(prediction, t_settled: int, T: int = 1000) -> bool:
     why = ("the coarse shape lives in the low frequencies, which the forward process drowns last and the reverse "
            "process therefore restores first; with the label fixing which digit to draw, a few noisy steps are "
            "enough for the guess x̂_0 to commit to its shape. The remaining steps remove noise and refine details.")
-    if key != truth and truth == "a" and key in _SETTLE_MISTAKES:
-        why += " " + _SETTLE_MISTAKES[key]
     return reveal_choice(key, truth, SETTLE_CHOICES, why,
+                         wrong_why={("a", k): text for k, text in _SETTLE_MISTAKES.items()},
                          measured=f"measured: at least 9 of 10 guesses show the requested digit from t = "
                                   f"{int(t_settled)} on, of {T}")

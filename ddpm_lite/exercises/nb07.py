@@ -330,8 +330,7 @@ def reveal_plateau(prediction, total_20: float, total_50: float, exact_50: float
            "steps its discretisation error (the exact denoiser's) is already smaller than the network's own error, "
            "so more steps only solve the wrong ODE more accurately: the error levels off at the model "
            "error. Only a better network lowers it.")
-    if key != truth and truth == "b" and key in _PLATEAU_MISTAKES:
-        why += " " + _PLATEAU_MISTAKES[key]
     return reveal_choice(key, truth, PLATEAU_CHOICES, why,
+                         wrong_why={("b", k): text for k, text in _PLATEAU_MISTAKES.items()},
                          measured=f"measured SW₂ to the data: learned DDIM {total_20:.3f} at 20 steps, {total_50:.3f} "
                                   f"at 50; exact denoiser at 50 steps {exact_50:.3f}")

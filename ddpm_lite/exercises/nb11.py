@@ -34,7 +34,7 @@ from ..conditioning import TextCondition
 from ..diffusion import GaussianDiffusion
 from ..text_to_image import upsample
 from ..transformer import attention
-from . import ExerciseError, allclose, as_tensor, call_answer, commit_choice, passed, reveal_choice
+from . import ExerciseError, allclose, as_tensor, call_answer, commit_choice, passed, reveal_choice, small_text_unet
 
 __all__ = ["check_cross_attention", "check_text_guidance", "check_noise_augmentation", "HELD_OUT_CHOICES",
            "commit_held_out_prediction", "held_out_truth", "reveal_held_out"]
@@ -157,16 +157,7 @@ def check_cross_attention(fn) -> None:
 def _guidance_setup():
     """A small text-conditioned UNet (random, perturbed weights so that the context matters) and a TextCondition
     whose null is an "empty prompt" encoding with its own mask (1 real token), unlike the prompts' masks."""
-    from ..unet import UNet
-
-    torch.manual_seed(0)
-    model = UNet(image_size=8, in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(4,), num_heads=2, dropout=0.0, num_groups=4, context_dim=6)
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    model.eval().double()
+    model, g = small_text_unet(11)
     L = 5
     context = torch.randn(3, L, 6, generator=g, dtype=torch.float64)
     mask = torch.arange(L)[None] < torch.tensor([3, 5, 2])[:, None]

@@ -27,7 +27,7 @@ import torch
 from ..conditioning import TextCondition, call_model
 from ..diffusion import GaussianDiffusion
 from ..personalize import class_prompt, prior_preservation_loss
-from . import ExerciseError, as_tensor, call_answer, commit_choice, passed, reveal_choice
+from . import ExerciseError, as_tensor, call_answer, commit_choice, passed, reveal_choice, small_text_unet
 
 __all__ = ["check_prior_preservation_loss", "check_class_images", "DRIFT_CHOICES", "commit_drift_prediction",
            "drift_truth", "reveal_drift"]
@@ -38,16 +38,7 @@ __all__ = ["check_prior_preservation_loss", "check_class_images", "DRIFT_CHOICES
 def _loss_setup():
     """A small text-conditioned UNet (random, perturbed weights so that the prompt matters), min-SNR-5 like the
     shipped model, two prompts' TextConditions, subject and class batches of different sizes, their t and noise."""
-    from ..unet import UNet
-
-    torch.manual_seed(0)
-    model = UNet(image_size=8, in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(4,), num_heads=2, dropout=0.0, num_groups=4, context_dim=6)
-    g = torch.Generator().manual_seed(21)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    model.eval().double()
+    model, g = small_text_unet(21)
     diffusion = GaussianDiffusion("linear", timesteps=1000, min_snr_gamma=5.0)
     L = 4
 
