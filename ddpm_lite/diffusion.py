@@ -29,6 +29,7 @@ from .schedules import NoiseSchedule
 PARAMETERIZATIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large")
 LOSS_TYPES = ("l2", "l1", "huber")
+TIMESTEP_SAMPLINGS = ("uniform", "importance")
 THRESHOLDS = (None, "static", "dynamic")
 
 
@@ -83,6 +84,11 @@ class GaussianDiffusion:
             unweighted. `Trainer` sets it by default (`TrainConfig.min_snr_gamma="auto"`: 1 for digits, else 5).
         data_levels: grey levels of the data, for the discretized decoder L_0 and bits/dim: 256 for 8-bit
             images, 17 for scikit-learn's digits.
+        timestep_sampling: how `training_losses` draws t when not given one. "uniform": t ~ U{0…T−1} times
+            the loss weight w(t) (Algorithm 1). "importance": t ~ p(t) ∝ w(t) times the constant mean weight,
+            the same objective in expectation (Σ_t w(t) L(t) / T either way) with less gradient noise, because
+            no sample is spent on a timestep whose weight is nearly 0 (with min-SNR γ = 1, t < 100 weighs
+            < 0.1). Needs `min_snr_gamma` (without a weight the two are the same thing).
     """
 
     def __init__(
@@ -95,10 +101,12 @@ class GaussianDiffusion:
         min_snr_gamma: float | None = None,
         huber_delta: float = 0.1,
         data_levels: int = 256,
+        timestep_sampling: str = "uniform",
     ):
         _choose("parameterization", parameterization, PARAMETERIZATIONS)
         _choose("variance", variance, VARIANCES)
         _choose("loss_type", loss_type, LOSS_TYPES)
+        _choose("timestep_sampling", timestep_sampling, TIMESTEP_SAMPLINGS)
         if isinstance(schedule, str):
             schedule = NoiseSchedule(schedule, timesteps)
         if not isinstance(schedule, NoiseSchedule):
@@ -113,6 +121,7 @@ class GaussianDiffusion:
         self.min_snr_gamma = min_snr_gamma
         self.huber_delta = huber_delta
         self.data_levels = int(data_levels)
+        self.timestep_sampling = timestep_sampling
 
     # -- configuration -------------------------------------------------------------------------------------
 
@@ -129,6 +138,7 @@ class GaussianDiffusion:
             "min_snr_gamma": self.min_snr_gamma,
             "huber_delta": self.huber_delta,
             "data_levels": self.data_levels,
+            "timestep_sampling": self.timestep_sampling,
         }
 
     @classmethod
@@ -156,7 +166,8 @@ class GaussianDiffusion:
         return (
             f"GaussianDiffusion(schedule={self.schedule.name!r}, T={self.num_timesteps}, "
             f"parameterization={self.parameterization!r}, variance={self.variance!r}, loss={self.loss_type!r}, "
-            f"min_snr_gamma={self.min_snr_gamma!r})"
+            f"min_snr_gamma={self.min_snr_gamma!r}"
+            + (f", timestep_sampling={self.timestep_sampling!r})" if self.timestep_sampling != "uniform" else ")")
         )
 
     # -- input checks --------------------------------------------------------------------------------------
@@ -199,6 +210,22 @@ class GaussianDiffusion:
         gen_device = generator.device if generator is not None else device
         t = torch.randint(0, self.num_timesteps, (batch_size,), generator=generator, device=gen_device)
         return t.to(device)
+
+    def loss_weights(self) -> torch.Tensor:
+        """w(t) for every t [T] (float64): the min-SNR-γ weight of `training_losses`, or ones without it."""
+        snr = self.schedule.snr
+        if self.min_snr_gamma is None:
+            return torch.ones_like(snr)
+        return min_snr_weight(snr, self.min_snr_gamma, self.parameterization)
+
+    def sample_weighted_timesteps(self, batch_size: int, device=None, generator=None):
+        """Importance sampling of the weighted loss: t ~ p(t) = w(t) / Σw and the constant weight mean(w), so
+        that E_p[mean(w) L(t)] = Σ_t w(t) L(t) / T = E_uniform[w(t) L(t)]. Returns (t, weight [B])."""
+        w = self.loss_weights()
+        gen_device = generator.device if generator is not None else device
+        t = torch.multinomial(w.to(gen_device).float(), batch_size, replacement=True, generator=generator)
+        weight = torch.full((batch_size,), float(w.mean()), device=device)
+        return t.to(device), weight
 
     # -- the forward process q -----------------------------------------------------------------------------
 
@@ -412,7 +439,10 @@ class GaussianDiffusion:
         model output to its target (ε, x_0 or v) with `loss_type`, optionally weighted by min-SNR-γ.
         The source material calls this `get_losses`. Returns a dict: loss [B], t, x_t, target, output.
         """
-        if t is None:
+        weight = None  # None: w(t) (below); importance sampling: the constant mean weight
+        if t is None and self.timestep_sampling == "importance" and self.min_snr_gamma is not None:
+            t, weight = self.sample_weighted_timesteps(x0.shape[0], x0.device, generator)
+        elif t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         self.check_inputs(x0, t, "x0")
         noise = self._noise(x0, noise, generator)
@@ -427,7 +457,9 @@ class GaussianDiffusion:
             loss = mean_flat((output - target).abs())
         else:
             loss = mean_flat(F.huber_loss(output, target, reduction="none", delta=self.huber_delta))
-        if self.min_snr_gamma is not None:
+        if weight is not None:
+            loss = loss * weight.to(loss.dtype)
+        elif self.min_snr_gamma is not None:
             snr = self.schedule.snr.to(t.device)[t].to(loss.dtype)
             loss = loss * min_snr_weight(snr, self.min_snr_gamma, self.parameterization)
         return {"loss": loss, "t": t, "x_t": xt, "target": target, "output": output}

@@ -27,14 +27,26 @@ from .conditioning import TextCondition
 from .tokenizer import Tokenizer
 
 
+STATES = ("final", "embeddings", "both")
+
+
 class CLIPTextEncoder(nn.Module):
-    """Tokenizer + causal transformer of a CLIP; `forward(prompts)` -> (states [B, L, width], mask [B, L])."""
+    """Tokenizer + causal transformer of a CLIP; `forward(prompts)` -> (states [B, L, width], mask [B, L]).
+
+    `states` says which per-token states the U-Net reads: "final" (the transformer's last LayerNorm'd states,
+    as Stable Diffusion), "embeddings" (each token's own embedding plus its position, LayerNorm'd: no token
+    sees another, so "seven" is the same vector in every prompt), or "both" (the two sequences one after the
+    other, [B, 2L, width], as eDiff-I hands its U-Net two encoders' states at once).
+    """
 
     def __init__(self, vocab, context_length: int = 32, width: int = 128, layers: int = 3, heads: int = 4,
-                 source: str | None = None, cache_size: int = 20000):
+                 source: str | None = None, cache_size: int = 20000, states: str = "final"):
         super().__init__()
+        if states not in STATES:
+            raise ValueError(f"states={states!r}: expected one of {', '.join(STATES)}")
         self.config = dict(vocab=list(vocab), context_length=context_length, width=width, layers=layers,
-                           heads=heads, source=source)
+                           heads=heads, source=source, states=states)
+        self.states = states
         self.tokenizer = Tokenizer(vocab, context_length)
         self.text_encoder = TextEncoder(len(self.tokenizer), context_length, width, layers, heads)
         self.width = width
@@ -44,10 +56,11 @@ class CLIPTextEncoder(nn.Module):
         self.eval()
 
     @classmethod
-    def from_clip(cls, clip, source: str | None = None) -> "CLIPTextEncoder":
-        """The text tower of a trained `CLIP` (weights copied)."""
+    def from_clip(cls, clip, source: str | None = None, states: str = "final") -> "CLIPTextEncoder":
+        """The text tower of a trained `CLIP` (weights copied); `states` as in the class docstring."""
         c = clip.config
-        enc = cls(c["vocab"], c["context_length"], c["text_width"], c["text_layers"], c["text_heads"], source=source)
+        enc = cls(c["vocab"], c["context_length"], c["text_width"], c["text_layers"], c["text_heads"], source=source,
+                  states=states)
         enc.text_encoder.load_state_dict(clip.text_encoder.state_dict())
         return enc.to(clip.logit_scale.device)
 
@@ -72,7 +85,7 @@ class CLIPTextEncoder(nn.Module):
             raise ValueError(f"init_from={init_from!r} is not in the vocabulary: use '<unk>' or a known word")
         c = self.config
         new = CLIPTextEncoder(list(c["vocab"]) + words, c["context_length"], c["width"], c["layers"], c["heads"],
-                              source=c["source"], cache_size=self.cache_size)
+                              source=c["source"], cache_size=self.cache_size, states=self.states)
         state = {k: v.clone() for k, v in self.text_encoder.state_dict().items()}
         old = state["token_embedding.weight"]
         row = old[self.tokenizer.stoi[init_from]]
@@ -107,7 +120,15 @@ class CLIPTextEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, prompts) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.tokenizer.encode(prompts).to(self.device)
-        return self.text_encoder(ids), self.tokenizer.attention_mask(ids)
+        mask = self.tokenizer.attention_mask(ids)
+        if self.states == "final":
+            return self.text_encoder(ids), mask
+        enc = self.text_encoder
+        words = nn.functional.layer_norm(enc.token_embedding(ids) + enc.positional_embedding[:ids.shape[1]],
+                                         (self.width,))
+        if self.states == "embeddings":
+            return words, mask
+        return torch.cat([enc(ids), words], dim=1), torch.cat([mask, mask], dim=1)
 
     @torch.no_grad()
     def _encode_cached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -162,11 +162,19 @@ class TrainConfig:
         "auto", "min-SNR-gamma loss weighting (Hang et al. 2023); none = plain L_simple of Ho et al.; auto = the "
                 "recipe for the preset/dataset (1 for digits, else 5; see ddpm_lite.train.RECIPES)",
         choices=("auto",))
+    timestep_sampling: str = _knob("uniform", "how training draws t: uniform (Algorithm 1, times the loss weight) or "
+                                              "importance (t in proportion to the min-SNR weight, times its mean: "
+                                              "the same objective, less noise)",
+                                   choices=("uniform", "importance"))
     # text-to-image (objective=diffusion with text_encoder set)
     text_encoder: str | None = _knob(None, "text-to-image (mini Stable Diffusion / Imagen): a CLIP checkpoint (from "
                                            "train-clip) whose frozen text tower's per-token states the UNet "
                                            "cross-attends to; batches are captioned by ddpm_lite.captions and the "
                                            "checkpoint carries the text encoder", group="text-to-image")
+    text_states: str = _knob("final", "text-to-image: which per-token states of the frozen text tower the UNet "
+                                      "reads: final (the transformer's output, Stable Diffusion), embeddings (each "
+                                      "token's own embedding + position: no context), both (the two sequences)",
+                             choices=("final", "embeddings", "both"))
     caption_dropout: float = _knob(0.1, "text-to-image: probability of replacing a caption by the empty prompt "
                                         "(trains the unconditional branch of classifier-free guidance)")
     caption_transforms: str = _knob("all", "text-to-image: the caption transformations drawn, comma-separated "
@@ -468,6 +476,9 @@ class Trainer:
         self.captioned = bool(config.text_encoder or config.low_res)
         if config.text_encoder:
             self.text_encoder = self._load_text_encoder(config.text_encoder, resume_dir, device)
+            if resume_dir is None and config.text_states != self.text_encoder.states:
+                self.text_encoder.states = self.text_encoder.config["states"] = config.text_states
+                self.text_encoder._cache.clear()
         if self.captioned:
             if labels is None:
                 raise ValueError(f"text-to-image captions name the digit: dataset {config.dataset!r} has no labels")
@@ -538,7 +549,8 @@ class Trainer:
 
                 diffusion = GaussianDiffusion(schedule=config.schedule, timesteps=config.timesteps,
                                               parameterization=config.parameterization, loss_type=config.loss_type,
-                                              min_snr_gamma=config.min_snr_gamma)
+                                              min_snr_gamma=config.min_snr_gamma,
+                                              timestep_sampling=config.timestep_sampling)
         if kind == "diffusion":
             self.diffusion = diffusion.to(device)
             self.objective = self.diffusion  # what one training step minimises: objective.training_losses

@@ -109,6 +109,33 @@ def test_training_loss_is_l_simple(gen):
     assert float(w[0]) < 0.01 and float(w[-1]) == pytest.approx(1.0)
 
 
+def test_importance_sampled_timesteps_are_the_same_objective(gen):
+    d = GaussianDiffusion("linear", 100, min_snr_gamma=1.0, timestep_sampling="importance")
+    w = d.loss_weights()
+    assert torch.allclose(w, min_snr_weight(d.schedule.snr, 1.0))
+    t, weight = d.sample_weighted_timesteps(200_000, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(weight, torch.full_like(weight, float(w.mean())))
+    freq = torch.bincount(t, minlength=100).double() / t.numel()
+    assert torch.allclose(freq, w / w.sum(), atol=3e-3)  # t ~ w(t) / Σw: the near-zero-weight steps are rare
+    assert freq[:5].sum() < 0.002 and freq[-20:].sum() > 0.2
+    # E_p[mean(w) L(t)] == E_uniform[w(t) L(t)] for any per-timestep loss L
+    L = torch.linspace(0.5, 2.0, 100, dtype=torch.float64) ** 2
+    assert float((weight.double() * L[t]).mean()) == pytest.approx(float((w * L).mean()), rel=5e-3)
+    # inside training_losses: drawn t get the constant weight; a given t keeps w(t)
+    x0 = torch.randn(8, 1, 3, 3, generator=gen)
+    zero_model = lambda x, tt, y: torch.zeros_like(x)
+    drawn = d.training_losses(zero_model, x0, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    plain = (drawn["target"] ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(drawn["loss"], plain * w.mean().float())
+    t_given = torch.arange(8) * 12
+    given = d.training_losses(zero_model, x0, t=t_given, noise=noise)
+    assert torch.allclose(given["loss"], (noise ** 2).mean(dim=(1, 2, 3)) * w[t_given].float())
+    assert GaussianDiffusion.from_config(d.config).timestep_sampling == "importance"
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        GaussianDiffusion("linear", 100, timestep_sampling="lognormal")
+
+
 def test_repr_and_loss_label_tell_the_weighting():
     plain, weighted = GaussianDiffusion("linear", 100), GaussianDiffusion("linear", 100, min_snr_gamma=5.0)
     assert "min_snr_gamma=None" in repr(plain) and "min_snr_gamma=5.0" in repr(weighted)

@@ -300,3 +300,28 @@ def test_super_resolution_warns_above_its_training_range(clip_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert stage(low, aug_level=20, steps=1).shape == (1, 1, 8, 8)
+
+
+def test_text_states_embeddings_have_no_context_and_both_stacks_the_two(clip_dir, tmp_path):
+    final = ckpt.load_text_encoder(clip_dir)
+    words = CLIPTextEncoder.from_clip(ckpt.load_model(clip_dir), states="embeddings")
+    both = CLIPTextEncoder.from_clip(ckpt.load_model(clip_dir), states="both")
+    a, b = words.encode(["a thick seven", "an upside-down seven"]), final.encode(["a thick seven"])
+    # "seven" (token 3 of both prompts) is the same vector whatever precedes it; the final states differ
+    assert torch.equal(a.context[0, 3], a.context[1, 3])
+    assert not torch.allclose(final.encode(["an upside-down seven"]).context[0, 3], b.context[0, 3])
+    assert torch.allclose(a.context.norm(dim=-1)[a.mask], torch.full_like(a.context[..., 0][a.mask], 32 ** 0.5),
+                          atol=1e-3)  # LayerNorm'd, as the final states are
+    c = both.encode(["a thick seven"])
+    L = b.context.shape[1]
+    assert c.context.shape[1] == 2 * L and torch.equal(c.mask, torch.cat([b.mask, b.mask], 1))
+    assert torch.allclose(c.context[:, :L], b.context, atol=1e-6)
+    assert torch.allclose(c.context[:, L:], words.encode(["a thick seven"]).context, atol=1e-6)
+    with pytest.raises(ValueError, match="states='last'"):
+        CLIPTextEncoder(["a"], states="last")
+    # training with --text-states: the checkpoint's text encoder keeps the choice, the pipeline reads it
+    trainer = Trainer(text_config(clip_dir, tmp_path / "run", text_states="both"))
+    trainer.train()
+    assert trainer.raw_model.config["context_dim"] == 32
+    pipe = TextToImage.from_pretrained(tmp_path / "run")
+    assert pipe.text_encoder.states == "both" and pipe(["a seven"], steps=2).shape == (1, 1, 8, 8)
