@@ -42,16 +42,14 @@ class CLIPTextEncoder(nn.Module):
     def __init__(self, vocab, context_length: int = 32, width: int = 128, layers: int = 3, heads: int = 4,
                  source: str | None = None, cache_size: int = 20000, states: str = "final"):
         super().__init__()
-        if states not in STATES:
-            raise ValueError(f"states={states!r}: expected one of {', '.join(STATES)}")
         self.config = dict(vocab=list(vocab), context_length=context_length, width=width, layers=layers,
-                           heads=heads, source=source, states=states)
-        self.states = states
+                           heads=heads, source=source)
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.states = states  # validated and recorded in config by the setter
         self.tokenizer = Tokenizer(vocab, context_length)
         self.text_encoder = TextEncoder(len(self.tokenizer), context_length, width, layers, heads)
         self.width = width
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.requires_grad_(False)
         self.eval()
 
@@ -92,6 +90,18 @@ class CLIPTextEncoder(nn.Module):
         state["token_embedding.weight"] = torch.cat([old, row.expand(len(words), -1)])
         new.text_encoder.load_state_dict(state)
         return new.to(self.device)
+
+    @property
+    def states(self) -> str:
+        """Which per-token states `forward` returns (see the class docstring); kept in `config`."""
+        return self.config["states"]
+
+    @states.setter
+    def states(self, value: str) -> None:
+        if value not in STATES:
+            raise ValueError(f"states={value!r}: expected one of {', '.join(STATES)}")
+        self.config["states"] = value
+        self._cache.clear()  # cached encodings were of the other kind
 
     def train(self, mode: bool = True) -> "CLIPTextEncoder":
         return super().train(False)  # frozen: always in eval mode (so cached encodings stay exact)

@@ -476,9 +476,8 @@ class Trainer:
         self.captioned = bool(config.text_encoder or config.low_res)
         if config.text_encoder:
             self.text_encoder = self._load_text_encoder(config.text_encoder, resume_dir, device)
-            if resume_dir is None and config.text_states != self.text_encoder.states:
-                self.text_encoder.states = self.text_encoder.config["states"] = config.text_states
-                self.text_encoder._cache.clear()
+            if resume_dir is None:  # a resumed run keeps the states its checkpoint's encoder was trained on
+                self.text_encoder.states = config.text_states
         if self.captioned:
             if labels is None:
                 raise ValueError(f"text-to-image captions name the digit: dataset {config.dataset!r} has no labels")
