@@ -15,7 +15,10 @@ What it runs, through the command line a user would type:
 then prints, for the 500 class-conditional DDIM-50 samples (no guidance): the dataset's classifier's accuracy
 on them (does a sample generated as a 3 look like a 3?), the Fréchet distance in the classifier's feature
 space (FD, not FID) beside the real-vs-real floor at the same sample size, and precision / recall
-(Kynkäänniemi et al. 2019, k = 3), all from `ddpm_lite.metrics.evaluate_samples`.
+(Kynkäänniemi et al. 2019, k = 3), all from `ddpm_lite.metrics.evaluate_samples`. For 28×28 samples it also
+asks a second, independent judge: the shipped CLIP's zero-shot classification (`assets/checkpoints/mnist5k-clip`,
+trained on captions, never on labels), so a low accuracy can be told apart from a weak classifier: if both
+judges reject the same samples, the samples are wrong.
 """
 
 from __future__ import annotations
@@ -53,6 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-args", default="", help="extra flags for `python -m ddpm_lite train`, e.g. '--lr 2e-3'")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     return p
+
+
+def second_judge(images: torch.Tensor, labels: torch.Tensor, held_out, dataset: str) -> dict:
+    """The shipped CLIP's zero-shot accuracy on the samples and on the real held-out digits, and how many of the
+    samples the classifier rejects the CLIP rejects too."""
+    from ddpm_lite import metrics
+    from ddpm_lite.checkpoint import load_model
+
+    clip = load_model(C.REPO / "assets" / "checkpoints" / "mnist5k-clip")
+    with torch.no_grad():
+        by_clip = clip.zero_shot_classify(images).argmax(1)
+        by_classifier = metrics.load_classifier(dataset)(images).argmax(1)
+        clip_real = float((clip.zero_shot_classify(held_out.images).argmax(1) == held_out.labels).float().mean())
+    rejected = by_classifier != labels
+    return {"clip_accuracy": float((by_clip == labels).float().mean()), "clip_real_accuracy": clip_real,
+            "rejected_by_classifier": int(rejected.sum()), "also_rejected_by_clip": int((rejected & (by_clip != labels)).sum())}
 
 
 def main(argv=None) -> int:
@@ -99,6 +118,8 @@ def main(argv=None) -> int:
         scores = metrics.evaluate_samples(images, sample_labels, classifier=dataset)
         held_out = load_dataset(dataset, split="test")     # the classifier never saw these real digits
         scores["classifier_accuracy"] = metrics.sample_accuracy(held_out.images, held_out.labels, classifier=dataset)
+        if images.shape[-1] == 28:
+            scores.update(second_judge(images, sample_labels, held_out, dataset))
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -123,6 +144,11 @@ def main(argv=None) -> int:
              f"the real training digits ({scores['n_real']} images); the floor is FD between the other real half "
              "(cut to the number of samples) and the same half, i.e. what a perfect generator scores. "
              "precision / recall: k-NN manifolds, k = 3, against the same real half."]
+    if "clip_accuracy" in scores:
+        notes.append(f"Second judge, the shipped CLIP's zero-shot classification ({scores['clip_real_accuracy']:.2%} on "
+                     f"the real held-out digits): accuracy {scores['clip_accuracy']:.3f} on the samples; of the "
+                     f"{scores['rejected_by_classifier']} samples the classifier reads as another digit, the CLIP does "
+                     f"too for {scores['also_rejected_by_clip']}.")
     if args.checkpoint is None:
         notes.insert(0, f"Training: `python -m ddpm_lite train --dataset {dataset} --max-seconds {args.seconds:g}` "
                         f"(defaults otherwise{'; extra: ' + args.train_args if args.train_args else ''}), "
