@@ -67,7 +67,7 @@ def second_judge(images: torch.Tensor, labels: torch.Tensor, held_out, dataset: 
     clip = load_model(C.REPO / "assets" / "checkpoints" / "mnist5k-clip")
     with torch.no_grad():
         by_clip = clip.zero_shot_classify(images).argmax(1)
-        by_classifier = metrics.load_classifier(dataset)(images).argmax(1)
+        by_classifier = metrics.classify(images, classifier=dataset)  # as `sample_accuracy` reads them
         clip_real = float((clip.zero_shot_classify(held_out.images).argmax(1) == held_out.labels).float().mean())
     rejected = by_classifier != labels
     return {"clip_accuracy": float((by_clip == labels).float().mean()), "clip_real_accuracy": clip_real,
