@@ -191,7 +191,7 @@ assert torch.allclose(yours, reference, atol=1e-4)
 # %% [markdown]
 # ## 3 · Down, middle, up: every shape
 #
-# The 28×28 `mnist5k` preset has three levels (28, 14, 7) with 32, 64 and 64 channels. On the way down,
+# The 28×28 `mnist5k` preset has three levels (28, 14, 7) with 16, 32 and 64 channels. On the way down,
 # every block's output is pushed on a stack; on the way up, every block first concatenates the top of the stack
 # to its input (the **skip connection**), so fine detail from the high-resolution levels reaches the output
 # directly, while the coarse levels decide what the digit is. Forward hooks print each module's output shape:

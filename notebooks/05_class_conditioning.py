@@ -386,7 +386,7 @@ assert rows[-1]["accuracy"] >= rows[0]["accuracy"] - 0.03, rows
 # Nothing above is specific to 8×8 digits. The course also ships a class-conditional model for **28×28 MNIST
 # digits** (`mnist5k`: 5,000 real MNIST digits that ship inside a Python package, so this works offline),
 # trained by the same `Trainer` with the same label dropout, through the command recorded in
-# `assets/checkpoints/mnist5k/README.md` (a 1.1M-parameter U-Net, about an hour on a laptop CPU). It is scored
+# `assets/checkpoints/mnist5k/README.md` (a 0.69M-parameter U-Net, 55 minutes on a 2-core laptop CPU). It is scored
 # by a classifier trained on real 28×28 digits (`metrics` picks the classifier that fits the image size).
 # Again one row per digit, every column from the same $x_T$, no guidance ($w = 0$).
 
