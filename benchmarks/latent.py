@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -61,42 +60,17 @@ def _path(value: str) -> Path:
     return path if path.is_absolute() or path.exists() else C.REPO / path
 
 
-TIME_IN_TEXT = re.compile(r"(?:took|,)\s*(\d+(?:\.\d+)?)\s*s\b|\((?:[^()]*?)(\d+(?:\.\d+)?)\s*s\)")
-
-
 def recorded_training(directory: Path) -> dict:
-    """{"steps", "seconds", "source"}: the training time a checkpoint records. Looked up, in order: config.json
-    extra (train_seconds / training_seconds / elapsed_seconds), the trainer state's elapsed_seconds, a time in
-    seconds written in extra.note (e.g. "1 thread, 1320 s") or in the checkpoint's README.md ("took 4021 s").
-    seconds is None where nothing is recorded."""
-    from ddpm_lite.checkpoint import load_config, resolve_checkpoint_dir
+    """{"steps", "seconds"}: the training a checkpoint records (config.json extra.step and extra.train_seconds,
+    which `export` copies from the run's trainer state; a run directory's own trainer state). seconds is None
+    where nothing is recorded."""
+    from ddpm_lite.checkpoint import CheckpointError, load_config, train_seconds
 
-    none = {"steps": None, "seconds": None, "source": None}
     try:
-        directory = resolve_checkpoint_dir(directory)
-        extra = load_config(directory, diffusion=False).get("extra", {})
-    except Exception:  # a missing or foreign folder: nothing recorded
-        return none
-    steps = extra.get("step")
-    for key in ("train_seconds", "training_seconds", "elapsed_seconds"):
-        if isinstance(extra.get(key), (int, float)):
-            return {"steps": steps, "seconds": float(extra[key]), "source": f"config.json extra.{key}"}
-    state = directory / "trainer_state.json"
-    if state.exists():
-        try:
-            seconds = json.loads(state.read_text()).get("state", {}).get("elapsed_seconds")
-            if isinstance(seconds, (int, float)):
-                return {"steps": steps, "seconds": float(seconds), "source": "trainer_state.json"}
-        except (OSError, ValueError):
-            pass
-    texts = [("config.json extra.note", str(extra.get("note", "")))]
-    if (directory / "README.md").exists():
-        texts.append(("README.md", (directory / "README.md").read_text(errors="replace")))
-    for source, text in texts:
-        m = TIME_IN_TEXT.search(text)
-        if m:
-            return {"steps": steps, "seconds": float(m.group(1) or m.group(2)), "source": source}
-    return {**none, "steps": steps}
+        steps = load_config(directory, diffusion=False).get("extra", {}).get("step")
+        return {"steps": steps, "seconds": train_seconds(directory)}
+    except (CheckpointError, OSError):  # a missing or foreign folder: nothing recorded
+        return {"steps": None, "seconds": None}
 
 
 def train_images_per_s(model, diffusion, x, y, device, warmup: int, iters: int) -> float:
@@ -209,7 +183,7 @@ def main(argv=None) -> int:
     def seconds(rec):
         if rec["seconds"] is None:
             return "not recorded"
-        return f"{rec['steps']} steps in {rec['seconds']:.0f} s ({rec['source']})"
+        return f"{rec['steps']} steps in {rec['seconds']:.0f} s"
 
     notes = [
         f"Both models class-conditional on {dataset}, EMA weights; {args.n} samples each, labels 0..9 repeated, "

@@ -690,6 +690,9 @@ def _export(args) -> int:
         diffusion = ckpt.diffusion_from_config(ckpt.load_config(args.checkpoint)) if has_diffusion else None
         ema = None
         extra = dict(config.get("extra", {}))
+        seconds = ckpt.train_seconds(args.checkpoint)  # the run's training time travels with its weights
+        if seconds is not None:
+            extra["train_seconds"] = round(seconds, 1)
         if args.ema_only:
             if not config.get("has_ema"):
                 raise ckpt.CheckpointError(f"--ema-only: {args.checkpoint} has no EMA weights to export")

@@ -591,3 +591,13 @@ def load_trainer_state(directory) -> dict | None:
         raise CheckpointError(f"{directory / TRAINER_STATE_NAME} lacks its 'state' entry: the file is damaged")
     tensors = _read_safetensors(directory / TRAINER_TENSORS_NAME)
     return unflatten_state(meta["state"], tensors)
+
+
+def train_seconds(directory) -> float | None:
+    """The seconds of training a checkpoint records, or None: `config.json` extra.train_seconds (what `export`
+    writes), else the trainer state's elapsed_seconds (a run directory, summed over resumes)."""
+    directory = resolve_checkpoint_dir(directory)
+    seconds = load_config(directory, diffusion=False).get("extra", {}).get("train_seconds")
+    if seconds is None and (directory / TRAINER_STATE_NAME).exists():
+        seconds = _read_json(directory / TRAINER_STATE_NAME).get("state", {}).get("elapsed_seconds")
+    return float(seconds) if isinstance(seconds, (int, float)) else None

@@ -82,6 +82,10 @@ def test_export_drops_trainer_state_and_loads(run_dir, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "ema.safetensors", "model.safetensors"]
     assert ckpt.load_config(out)["extra"]["note"] == "made by a test"
     assert ckpt.load_trainer_state(out) is None
+    # the run's training time travels with the weights, though the trainer state does not
+    run_seconds = ckpt.load_trainer_state(run_dir)["elapsed_seconds"]
+    assert run_seconds > 0 and ckpt.train_seconds(run_dir) == run_seconds
+    assert ckpt.load_config(out)["extra"]["train_seconds"] == round(run_seconds, 1) == ckpt.train_seconds(out)
     a, _ = ckpt.from_pretrained(run_dir)
     b, _ = ckpt.from_pretrained(out)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
