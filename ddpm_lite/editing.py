@@ -49,6 +49,9 @@ def sampler_timesteps(diffusion: GaussianDiffusion, sampler: str = "ddim", steps
     """The timestep indices (noisiest first) that `samplers.sample` visits with these settings."""
     T = diffusion.num_timesteps
     if sampler == "ddpm":
+        if steps not in (None, T):  # as samplers.sample: ancestral DDPM has no shorter schedule
+            raise ValueError(f"ancestral DDPM runs all T = {T} steps; for fewer use 'ddim' (eta=1 is DDPM-like), "
+                             f"got steps={steps}")
         return list(range(T - 1, -1, -1))
     defaults = {"ddim": (50, "trailing"), "dpmpp2m": (20, "logsnr")}
     if sampler not in defaults:

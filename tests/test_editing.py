@@ -7,6 +7,7 @@ import torch
 
 from ddpm_lite.checkpoint import from_pretrained
 from ddpm_lite.data import load_dataset
+from ddpm_lite.diffusion import GaussianDiffusion
 from ddpm_lite.editing import img2img, inpaint, inpaint_steps, sampler_timesteps, sdedit_timesteps
 from ddpm_lite.samplers import sample
 
@@ -76,6 +77,15 @@ def test_img2img_checks_its_input(digits_model):
         img2img(model, diffusion, torch.zeros(2, 1, 8, 8), 0.5, noise=torch.zeros(3, 1, 8, 8))
 
 
+def test_ddpm_refuses_a_step_count_it_would_ignore(digits_model, real):
+    model, diffusion = digits_model
+    assert sampler_timesteps(diffusion, "ddpm") == list(range(999, -1, -1)) == sampler_timesteps(diffusion, "ddpm", 1000)
+    with pytest.raises(ValueError, match="all T = 1000 steps; for fewer use 'ddim'"):
+        sampler_timesteps(diffusion, "ddpm", 100)
+    with pytest.raises(ValueError, match="got steps=100"):
+        inpaint(model, diffusion, real[0], torch.ones(1, 1, 8, 8), sampler="ddpm", steps=100, y=real[1])
+
+
 @pytest.mark.parametrize("sampler, resample", [("ddim", 1), ("ddim", 3), ("ddpm", 1)])
 def test_inpainting_keeps_the_known_pixels_exactly(digits_model, real, sampler, resample):
     model, diffusion = digits_model
@@ -83,7 +93,9 @@ def test_inpainting_keeps_the_known_pixels_exactly(digits_model, real, sampler, 
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., :, :4] = 1.0                                   # keep the left half
     g = torch.Generator().manual_seed(0)
-    out = inpaint(model, diffusion, x, mask, sampler=sampler, steps=100 if sampler == "ddpm" else 20, y=y,
+    if sampler == "ddpm":  # all T steps: a 100-step process keeps the test short (the model is off its schedule,
+        diffusion = GaussianDiffusion(timesteps=100)  # which does not matter for which pixels are kept)
+    out = inpaint(model, diffusion, x, mask, sampler=sampler, steps=None if sampler == "ddpm" else 20, y=y,
                   resample=resample, generator=g)
     assert torch.equal(out[..., :4], x[..., :4])
     assert (out[..., 4:] - x[..., 4:]).abs().mean() > 0      # the other half was drawn by the model
