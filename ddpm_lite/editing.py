@@ -28,8 +28,8 @@ import torch
 from .conditioning import is_conditioning
 from .diffusion import GaussianDiffusion, randn
 from .models import eval_mode
-from .samplers import (Step, _alpha_bar, _full, _last, _progress, ddim_update, ddpm_update, make_denoiser,
-                       sample_steps, timestep_sequence)
+from .samplers import (Step, _alpha_bar, _full, _last, _progress, check_ddpm_steps, ddim_update, ddpm_update,
+                       make_denoiser, sample_steps, timestep_sequence)
 
 
 def _check_images(x, name: str, check_range: bool = True) -> torch.Tensor:
@@ -49,9 +49,7 @@ def sampler_timesteps(diffusion: GaussianDiffusion, sampler: str = "ddim", steps
     """The timestep indices (noisiest first) that `samplers.sample` visits with these settings."""
     T = diffusion.num_timesteps
     if sampler == "ddpm":
-        if steps not in (None, T):  # as samplers.sample: ancestral DDPM has no shorter schedule
-            raise ValueError(f"ancestral DDPM runs all T = {T} steps; for fewer use 'ddim' (eta=1 is DDPM-like), "
-                             f"got steps={steps}")
+        check_ddpm_steps(diffusion, steps)
         return list(range(T - 1, -1, -1))
     defaults = {"ddim": (50, "trailing"), "dpmpp2m": (20, "logsnr")}
     if sampler not in defaults:

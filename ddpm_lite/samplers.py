@@ -276,6 +276,14 @@ def _last(steps: Iterator[Step], x: torch.Tensor) -> torch.Tensor:
 
 # -- one entry point for scripts, the CLI and notebooks --------------------------------------------------------
 
+
+def check_ddpm_steps(diffusion: GaussianDiffusion, steps: int | None) -> None:
+    """Ancestral DDPM has no shorter schedule: refuse a step count it would otherwise ignore."""
+    if steps not in (None, diffusion.num_timesteps):
+        raise ValueError(f"ancestral DDPM runs all T = {diffusion.num_timesteps} steps; for fewer use 'ddim' "
+                         f"(eta=1 is DDPM-like) or 'dpmpp2m', got steps={steps}")
+
+
 def sample_steps(model, diffusion: GaussianDiffusion, shape, sampler: str = "ddim", steps: int | None = None,
                  y=None, guidance: float = 0.0, eta: float = 0.0, threshold: str | None = "static",
                  percentile: float = 0.995, spacing: str | None = None, generator: torch.Generator | None = None,
@@ -305,9 +313,7 @@ def sample_steps(model, diffusion: GaussianDiffusion, shape, sampler: str = "ddi
             raise ValueError(f"y must hold one label per sample: expected shape [{x_T.shape[0]}], got {tuple(y.shape)}")
     denoiser = make_denoiser(model, diffusion, y, guidance, threshold, percentile)
     if sampler == "ddpm":
-        if steps not in (None, diffusion.num_timesteps):
-            raise ValueError(f"ancestral DDPM runs all T = {diffusion.num_timesteps} steps; for fewer use 'ddim' "
-                             f"(eta=1 is DDPM-like) or 'dpmpp2m', got steps={steps}")
+        check_ddpm_steps(diffusion, steps)
         return ddpm_steps(denoiser, diffusion, x_T, generator, progress, t_start)
     if sampler == "ddim":
         return ddim_steps(denoiser, diffusion, x_T, steps or 50, eta, spacing or "trailing", generator, progress,
