@@ -899,10 +899,11 @@ class Trainer:
                     last_log_step, last_log_time = self.step, now
                     loss_sum.zero_()
                     loss_count = 0
-                if c.sample_every and self.step % c.sample_every == 0:
-                    self._sample_and_save_grid()
+                # the checkpoint first: a failure while drawing the sample grid must not cost the training
                 if c.save_every and self.step % c.save_every == 0:
                     self.save()
+                if c.sample_every and self.step % c.sample_every == 0:
+                    self._sample_and_save_grid()
         except KeyboardInterrupt:
             self.interrupted = True
             bar.close()
@@ -919,10 +920,10 @@ class Trainer:
         if self.kind == "autoencoder":  # its latent scale factor, also for a run kept in memory
             self._raise_if_nonfinite()
             self.update_scale_factor()
-        if self._sampled_step != self.step:
-            self._sample_and_save_grid()
         if self._saved_step != self.step:
             self.save()
+        if self._sampled_step != self.step:
+            self._sample_and_save_grid()
         return self.history
 
     def close(self) -> None:

@@ -123,6 +123,25 @@ def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, capsys):
     assert resumed.step == 5 and not resumed.interrupted
 
 
+def test_a_failing_sample_grid_does_not_cost_the_checkpoint(tmp_path):
+    # the final (and periodic) checkpoint is written before the sample grid is drawn: a grid that fails (here a
+    # sampler that raises; once, a module edited under a long run) must not lose the steps since the last save
+    trainer = Trainer(cfg(tmp_path, max_steps=6, save_every=4, sample_every=4), dataset=points())
+
+    def broken_sample(*args, **kwargs):
+        raise RuntimeError("the grid failed")
+
+    trainer.sample = broken_sample
+    with pytest.raises(RuntimeError, match="the grid failed"):
+        trainer.train()                                  # the periodic grid at step 4 fails...
+    assert ckpt.load_trainer_state(tmp_path / "run")["step"] == 4   # ...after step 4 was saved
+    resumed = Trainer.resume(tmp_path / "run", dataset=points(), max_steps=6)
+    resumed.sample = broken_sample
+    with pytest.raises(RuntimeError, match="the grid failed"):
+        resumed.train()                                  # the final grid fails after the final save
+    assert ckpt.load_trainer_state(tmp_path / "run")["step"] == 6
+
+
 def test_label_dropout_grad_accum_and_images(tmp_path):
     x, y = images()
     trainer = Trainer(TrainConfig(max_steps=2, batch_size=8, grad_accum=2, timesteps=50, label_dropout=0.5,
