@@ -551,10 +551,11 @@ for name, encoder in (("pretrained CLIP text tower", sd.text_encoder), ("random 
 # A test at the scale that fits: two tiny text-to-image models of the 8×8 `digits`, trained live for
 # `LIVE_STEPS` steps each with the same recipe and seed (the `Trainer` with `text_encoder=` a CLIP checkpoint,
 # captions without transformations; a U-Net of base width 16 and the digits recipe's min-SNR γ = 1, which learn
-# more in these steps than the default base 24 and γ = 5: 98% against 94% on "a seven" with the pretrained tower). One cross-attends to the shipped CLIP's text tower (it reads words, so any
-# image size works), the other to the random tower, saved as a checkpoint. Both stay frozen; a random frozen
-# encoder still gives every word its own vector, so the U-Net *could* learn everything from it, given enough
-# data. Then 100 images each, from prompts in both phrasings, judged by the 8×8 digits classifier:
+# more in these steps than the default base 24 and γ = 5: 98% against 94% on "a seven" with the pretrained
+# tower). One cross-attends to the shipped CLIP's text tower (it reads words, so any image size works), the
+# other to the random tower, saved as a checkpoint. Both stay frozen; a random frozen encoder still gives every
+# word its own vector, so the U-Net *could* learn everything from it, given enough data. Then 100 images each,
+# from prompts in both phrasings, judged by the 8×8 digits classifier:
 
 # %%
 digits_classifier = metrics.load_classifier("digits")
