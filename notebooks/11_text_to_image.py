@@ -28,7 +28,7 @@
 #   first), and what the autoencoder's limits cost mini-SD;
 # * a **prompt box**: type a prompt, set w, the sampler and its steps, see the images.
 #
-# *Run time: about two minutes on a 2-core laptop CPU (more than half of it section 5's two live training runs).*
+# *Run time: under two minutes on a 2-core laptop CPU (half of it section 5's two live training runs).*
 #
 # ## The ideas in equations
 #
@@ -84,7 +84,7 @@ SWEEP_W = (0, 1, 3, 6, 10)   # section 3: the guidance weights of the sweep...
 SWEEP_N = 20             #   ...images per setting (2 of each digit); GPU: 200
 PERCENTILE = 0.95        #   ...dynamic thresholding's p for 196-pixel images (Imagen: 0.995 on 64×64×3)
 AUG_LEVELS = (0, 100, 250, 500)  # section 4: noise-augmentation timesteps s given to the super-resolution stage
-LIVE_STEPS = 200         # section 5: training steps of each of the two live text-to-image models (about 40 s each
+LIVE_STEPS = 170         # section 5: training steps of each of the two live text-to-image models (about 35 s each
                          #   here; 0 skips them). GPU: 2000, and a larger dataset than 8×8 digits
 HELD_N = 10              # section 6: images per held-out prompt; GPU: 100
 SEED = 0
@@ -551,7 +551,7 @@ for name, encoder in (("pretrained CLIP text tower", sd.text_encoder), ("random 
 # A test at the scale that fits: two tiny text-to-image models of the 8×8 `digits`, trained live for
 # `LIVE_STEPS` steps each with the same recipe and seed (the `Trainer` with `text_encoder=` a CLIP checkpoint,
 # captions without transformations; a U-Net of base width 16 and the digits recipe's min-SNR γ = 1, which learn
-# more in these steps than the default base 24 and γ = 5: 98% against 94% on "a seven" with the pretrained
+# more in these steps than the default base 24 and γ = 5: 92% against 86% on "a seven" with the pretrained
 # tower). One cross-attends to the shipped CLIP's text tower (it reads words, so any image size works), the
 # other to the random tower, saved as a checkpoint. Both stay frozen; a random frozen encoder still gives every
 # word its own vector, so the U-Net *could* learn everything from it, given enough data. Then 100 images each,
